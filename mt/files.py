@@ -1,0 +1,90 @@
+"""Files on disk: atomic writes (temp file, fsync, rename) and reading plain or gzipped text.
+
+Every file mt writes into a run directory goes through `atomic_write`, so a crash, a kill -9
+or a full disk leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+from mt.errors import MtError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    On any exception the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing it when its name ends in .gz."""
+    path = Path(path)
+    if not path.is_file():
+        raise MtError(f"{path}: no such file")
+    raw = open(path, "rb")
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """All lines of a UTF-8 text file (plain or .gz), without their line endings.
+
+    Invalid UTF-8 is an error naming the file and the 1-based line number.
+    """
+    lines = []
+    number = 0
+    try:
+        with open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+    except UnicodeDecodeError:
+        raise MtError(f"{path}:{number}: invalid UTF-8") from None
+    except (OSError, EOFError) as e:  # unreadable file, or a truncated/corrupt .gz
+        raise MtError(f"{path}: cannot read: {e}") from None
+    return lines
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
