@@ -187,29 +187,18 @@ def plot(
 
 
 def main() -> None:
-    """Entry point: run the app; a user's mistake is one line on stderr, not a traceback."""
+    """Entry point: run the app; a user's mistake is one line on stderr, not a traceback.
+
+    Typer (standalone mode) handles usage errors itself and exits 2; our MtError arrives here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except MtError as e:
         if _verbose():
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     except BrokenPipeError:
         # `mt translate | head`: the reader left; exit quietly as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except Exception as e:  # click's usage errors, aborts and exits
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise

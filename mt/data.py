@@ -283,6 +283,5 @@ def load_ids(path: str | os.PathLike) -> EncodedSplit:
 
 
 def _unflatten(tokens: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    if len(offsets) == 1:  # no sentences (np.split would return one empty piece)
-        return []
-    return np.split(tokens, offsets[1:-1])
+    bounds = offsets.tolist()  # plain ints: slicing with them is several times faster than np.split
+    return [tokens[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
