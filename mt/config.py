@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -291,6 +292,9 @@ def _convert(hint: Any, value: Any, key: str, where: _Where) -> Any:
             fail("an integer")
         return value
     if hint is float:
+        # YAML 1.1 reads 5e-4 (no dot) as a string; people write it, so take it as the number
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
         return float(value)

@@ -243,14 +243,14 @@ def loop(run: Run, state: State) -> State:
     run.model.train()
     while not should_stop(run, state, start):
         group = [next(batches) for _ in range(t.update_freq)]
-        epoch_before = state.position.epoch
         state.position = group[-1][0]
         loss = train_step(run, state, [batch for _, batch in group])
         meter.add(loss, group)
         bar.update(1)
-        epoch_done = state.position.batches_done == run.stream.batches_per_epoch()
+        # with update_freq > 1 an epoch can end inside the group
+        epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)
-        maybe_validate(run, state, epoch_done or state.position.epoch != epoch_before)
+        maybe_validate(run, state, epoch_ended)
         maybe_save(run, state)
     bar.close()
     if state.step and run.saved_step != state.step:
@@ -471,11 +471,11 @@ def dev_data(run: Run) -> dict:
     if run.dev is None:
         from mt.prepare import load_prepared
 
-        files = load_prepared(run.run_dir).manifest["files"]["dev"]
+        files = load_prepared(run.run_dir).files.dev
         ids = load_ids(run.run_dir / "cache" / "dev.npz")
         lengths = lambda side: [min(len(x), run.cfg.model.max_len - 1) for x in side]  # noqa: E731
         run.dev = {"ids": ids, "batches": make_batches(lengths(ids.src), lengths(ids.trg), run.cfg.training.batch_tokens),
-                    "src_lines": read_lines(files["src"]), "trg_lines": read_lines(files["trg"])}
+                    "src_lines": read_lines(files.src), "trg_lines": read_lines(files.trg)}
     return run.dev
 
 

@@ -1,0 +1,187 @@
+"""Text in, text out: `mt translate`, and the function training and eval use to translate lines.
+
+Lines are encoded with the run's SentencePiece model, sorted by length into batches of about
+`batch_tokens` source tokens, searched (greedy for beam 1, else beam search), detokenized and
+put back in input order. Every input line gives exactly one output line (n lines with --nbest n):
+
+  - an empty or whitespace-only line gives an empty line, without running the model;
+  - a line longer than the model's positions is cut to fit, with a warning on stderr;
+  - NUL characters are read as spaces (SentencePiece would otherwise drop what follows them);
+  - invalid UTF-8 stops with an error naming the line; every line before it has been written.
+
+`translate_stream` reads stdin in chunks and writes each chunk as soon as it is translated, so
+output starts early, memory stays flat, and a line typed at a terminal is answered at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import time
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
+
+import torch
+
+from mt.batching import make_batches
+from mt.checkpoint import Loaded, load_for_inference
+from mt.errors import MtError
+from mt.model import attention_backends
+from mt.search import Hypothesis, beam_search, greedy_search
+from mt.tokenizer import EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 2000  # lines translated together when input arrives faster than we translate
+
+
+@dataclass
+class Translation:
+    """One input line's result: its source pieces (EOS included) and the n best hypotheses."""
+
+    src_ids: list[int]
+    hyps: list[Hypothesis]
+
+
+def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[int] = None, nbest: int = 1,
+                  batch_tokens: Optional[int] = None, record_attention: bool = False) -> list[Translation]:
+    """Search every source (piece ids, no EOS) and return the results in input order.
+
+    Sources must already fit the model (see `fit_source`); empty ones are not searched.
+    """
+    dec = loaded.cfg.decoding
+    beam = beam or dec.beam
+    batch_tokens = batch_tokens or dec.batch_tokens
+    results: list[Optional[Translation]] = [None] * len(src_ids)
+    todo = [i for i, ids in enumerate(src_ids) if ids]
+    for i, ids in enumerate(src_ids):
+        if not ids:
+            results[i] = Translation([EOS_ID], [Hypothesis([], 0.0, 0.0)] * nbest)
+    lengths = [len(src_ids[i]) for i in todo]
+    # batch size is counted in source tokens times beam: that is what the decoder holds
+    for batch in make_batches(lengths, lengths, max(batch_tokens // beam, 1)):
+        indices = [todo[k] for k in batch]
+        sources = [list(src_ids[i]) + [EOS_ID] for i in indices]
+        width = max(len(s) for s in sources)
+        tensor = torch.full((len(sources), width), PAD_ID, dtype=torch.long)
+        for row, s in enumerate(sources):
+            tensor[row, : len(s)] = torch.tensor(s)
+        tensor = tensor.to(loaded.device)
+        with attention_backends(), _autocast(loaded.device):
+            if beam == 1 and nbest == 1:
+                found = [[h] for h in greedy_search(loaded.model, tensor, dec.max_len_a, dec.max_len_b,
+                                                    record_attention)]
+            else:
+                found = beam_search(loaded.model, tensor, beam, dec.length_penalty, dec.max_len_a,
+                                    dec.max_len_b, nbest, record_attention)
+        for i, source, hyps in zip(indices, sources, found):
+            if record_attention:  # drop the batch's padding columns
+                for h in hyps:
+                    h.attention = h.attention[..., : len(source)]
+            results[i] = Translation(source, hyps)
+    return results
+
+
+def _autocast(device: torch.device):
+    """bf16 on CUDA, as in training; full precision on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
+    """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
+    limit = loaded.cfg.model.max_len - 1  # one position is the source EOS
+    cleaned = [line.replace("\0", " ").strip() for line in lines]
+    encoded = loaded.tokenizer.encode_src(cleaned)
+    for k, ids in enumerate(encoded):
+        if len(ids) > limit:
+            print(f"warning: line {first_line + k}: {len(ids)} pieces, cut to the model's maximum of {limit}",
+                  file=sys.stderr)
+            encoded[k] = ids[:limit]
+    return [ids if text else [] for ids, text in zip(encoded, cleaned)]
+
+
+def translate_lines(loaded: Loaded, lines: Sequence[str], beam: Optional[int] = None, nbest: int = 1,
+                    batch_tokens: Optional[int] = None, alignments: bool = False,
+                    first_line: int = 1) -> list[str]:
+    """Detokenized output lines for `lines`: one per line, or `nbest` per line in Moses n-best
+    format (`index ||| translation ||| score`); with `alignments`, a tab and `i-j` pairs follow."""
+    src_ids = fit_source(loaded, lines, first_line)
+    results = translate_ids(loaded, src_ids, beam, nbest, batch_tokens, record_attention=alignments)
+    out = []
+    for k, result in enumerate(results):
+        texts = loaded.tokenizer.decode_trg([h.tokens for h in result.hyps])
+        for h, text in zip(result.hyps, texts):
+            if alignments:
+                from mt.align import word_alignment
+
+                pairs = word_alignment(loaded.tokenizer, result.src_ids, h) if h.tokens else []
+                text = f"{text}\t{' '.join(f'{i}-{j}' for i, j in pairs)}"
+            out.append(text if nbest == 1 else f"{first_line + k - 1} ||| {text} ||| {h.normalized:.4f}")
+    return out
+
+
+def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list[bytes]]:
+    """Complete input lines, in chunks: up to `max_lines` when input is waiting, else what is there.
+
+    Reading the file descriptor directly (not through a buffer) lets `select` tell whether more
+    input is waiting, so a terminal or a pipe that pauses gets its answer without delay.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:  # an in-memory stream: everything is already there
+        lines = stream.read().splitlines()
+        for start in range(0, len(lines), max_lines):
+            yield lines[start : start + max_lines]
+        return
+    pending, lines = b"", []
+    while True:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        *complete, pending = (pending + data).split(b"\n")
+        lines.extend(complete)
+        waiting = select.select([fd], [], [], 0)[0] if os.name == "posix" else [fd]
+        if lines and (len(lines) >= max_lines or not waiting):
+            yield lines
+            lines = []
+    if pending:  # a last line without a newline is still a line
+        lines.append(pending)
+    if lines:
+        yield lines
+
+
+def decode_lines(raw: Sequence[bytes], first_line: int) -> list[str]:
+    """UTF-8 text per line, CR of CRLF endings dropped; invalid UTF-8 is an error naming the line."""
+    text = []
+    for k, line in enumerate(raw):
+        try:
+            text.append(line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as err:
+            raise MtError(f"stdin:{first_line + k}: invalid UTF-8 at byte {err.start}; "
+                          f"{first_line + k - 1} lines were translated") from None
+    return text
+
+
+def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str = "best",
+                     beam: Optional[int] = None, nbest: int = 1, batch_tokens: Optional[int] = None,
+                     device: str = "auto", alignments: bool = False) -> None:
+    """`mt translate`: stdin lines to stdout lines, chunk by chunk, logs on stderr."""
+    loaded = load_for_inference(run_dir, checkpoint, device)
+    beam = beam or loaded.cfg.decoding.beam
+    if nbest < 1 or nbest > beam:
+        raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")
+    start, count = time.monotonic(), 0
+    for raw in read_chunks(stdin):
+        lines = decode_lines(raw, count + 1)
+        out = translate_lines(loaded, lines, beam, nbest, batch_tokens, alignments, first_line=count + 1)
+        stdout.write("".join(line + "\n" for line in out))
+        stdout.flush()
+        count += len(lines)
+    elapsed = time.monotonic() - start
+    log.info("translated %d lines in %.1f s (%.1f lines/s, beam %d, %s)", count, elapsed,
+             count / max(elapsed, 1e-9), beam, loaded.device)
