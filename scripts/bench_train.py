@@ -1,11 +1,16 @@
-"""Training speed of mt's Transformer against torch.nn.Transformer of the same shape, side by side.
+"""Training speed of `mt train`'s step on a config's real batches, and of a torch.nn.Transformer
+reference loop of the same shape on the same batches (with --reference), side by side.
 
-Both models get the same embeddings, output layer, loss, optimizer (AdamW, fused on CUDA) and
-precision (bf16 autocast on CUDA, fp32 on CPU), and the same batches of random token ids
-shaped like Multi30k batches; they are timed in alternating rounds so that a noisy machine
-slows both alike. The last line printed is a JSON object with both speeds and their ratio.
+Both get the same embeddings scale, tied output layer, label-smoothed loss, AdamW (fused on
+CUDA), gradient clipping and precision (bf16 autocast on CUDA, fp32 on CPU). They are timed in
+alternating rounds so that a noisy machine slows both alike; no host sync inside a timed step.
 
-    python scripts/bench_train.py --config configs/multi30k_de_en.yaml [--rounds 5] [--steps 20]
+MFU = model FLOPs per second / the card's dense bf16 peak, where model FLOPs per batch are
+6 x parameters used per real token + the attention matmuls (mt.train.model_flops).
+
+    python scripts/bench_train.py --config configs/multi30k_de_en.yaml [--set k=v] [--steps 20] [--reference]
+
+The last line printed is one JSON object (tokens_per_s, reference_tokens_per_s, ratio, mfu, ...).
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mt.batching import BatchStream, Position
+from mt.checkpoint import build_model
 from mt.config import load_config
-from mt.model import Transformer, attention_backends, sinusoidal_positions
-
-PAD = 0
+from mt.data import load_ids
+from mt.model import attention_backends, sinusoidal_positions
+from mt.prepare import prepare
+from mt.tokenizer import PAD_ID as PAD, Tokenizer
+from mt.train import PEAK_BF16_FLOPS, model_flops, token_loss
 
 
 class TorchReference(nn.Module):
@@ -49,93 +58,88 @@ class TorchReference(nn.Module):
         return self.output(out)
 
 
-def make_batches(vocab: int, batch_tokens: int, count: int, device: torch.device, seed: int = 0):
-    """Random (src, trg_in, trg_out) batches of Multi30k-like lengths (~12-20 pieces, padded to 8)."""
-    g = torch.Generator().manual_seed(seed)
+def real_batches(cfg, count: int, device: torch.device) -> list:
+    """The first `count` training batches of the config's prepared data, on the device."""
+    prepared = prepare(cfg)
+    ids = load_ids(prepared.train_ids)
+    stream = BatchStream(ids.src, ids.trg, cfg.training.batch_tokens, cfg.training.seed, cfg.model.max_len)
     batches = []
-    for _ in range(count):
-        length = int(torch.randint(12, 33, (1,), generator=g)) // 8 * 8 + 8
-        rows = batch_tokens // length
-        src = torch.randint(4, vocab, (rows, length), generator=g)
-        trg = torch.randint(4, vocab, (rows, length + 1), generator=g)
-        for t in (src, trg):  # some padding, as real batches have
-            cut = torch.randint(length // 2, length, (rows,), generator=g)
-            t[torch.arange(t.size(1))[None, :] >= cut[:, None] + 1] = PAD
-        batches.append(tuple(x.to(device) for x in (src, trg[:, :-1], trg[:, 1:])))
-    return batches
+    for _, batch in stream(Position()):
+        batches.append(batch.to(device))
+        if len(batches) == count:
+            return batches
 
 
-def time_steps(model: nn.Module, optimizer, batches, device: torch.device, steps: int) -> tuple[float, int]:
-    """Seconds and target tokens for `steps` training steps."""
+def time_steps(model: nn.Module, optimizer, batches, device: torch.device, smoothing: float) -> float:
+    """Seconds for one training step per batch (forward, backward, clip, AdamW)."""
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for i in range(steps):
-        src, trg_in, trg_out = batches[i % len(batches)]
+    for batch in batches:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), attention_backends():
-            logits = model(src, trg_in)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), trg_out.flatten(), ignore_index=PAD,
-                               label_smoothing=0.1)
-        loss.backward()
+            loss = token_loss(model, batch, smoothing)
+        (loss / batch.trg_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += int((trg_out != PAD).sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/multi30k_de_en.yaml")
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model per round")
-    parser.add_argument("--batch-tokens", type=int, default=None)
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reference", action="store_true", help="also time torch.nn.Transformer")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     m = cfg.model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    batch_tokens = args.batch_tokens or cfg.training.batch_tokens
-    batches = make_batches(args.vocab, batch_tokens, 16, device)
-    models = {
-        "mt": Transformer(args.vocab, args.vocab, d_model=m.d_model, heads=m.heads, encoder_layers=m.encoder_layers,
-                          decoder_layers=m.decoder_layers, ff_dim=m.ff_dim, dropout=m.dropout,
-                          attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout,
-                          activation=m.activation, norm=m.norm, positions=m.positions, max_len=m.max_len,
-                          share_embeddings=True, tie_output=True, pad_id=PAD),
-        "torch.nn.Transformer": TorchReference(args.vocab, m),
-    }
+    torch.manual_seed(cfg.training.seed)
+    batches = real_batches(cfg, args.steps, device)
+    tokenizer = Tokenizer.load(cfg.run_dir + "/tokenizer")
+    models = {"mt": build_model(cfg, tokenizer)}
+    if args.reference:
+        models["reference"] = TorchReference(tokenizer.src_vocab_size, m)
     runners = {}
     for name, model in models.items():
         model.to(device).train()
         fused = {"fused": True} if device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
         runners[name] = (torch.compile(model) if args.compile else model, optimizer)
-        time_steps(*runners[name], batches, device, 5)  # warm-up: kernels, allocator, compile
-    totals = {name: [0.0, 0] for name in models}
+        time_steps(*runners[name], batches[:5], device, cfg.training.label_smoothing)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = {name: 0.0 for name in models}
     for _ in range(args.rounds):
         for name, (model, optimizer) in runners.items():
-            seconds, tokens = time_steps(model, optimizer, batches, device, args.steps)
-            totals[name][0] += seconds
-            totals[name][1] += tokens
-    speed = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
-    for name, value in speed.items():
-        print(f"{name:<22} {value:>12,.0f} target tokens/s")
+            seconds[name] += time_steps(model, optimizer, batches, device, cfg.training.label_smoothing)
+    trg = sum(b.trg_tokens for b in batches) * args.rounds
+    src = sum(b.src_tokens for b in batches) * args.rounds
+    padded = sum(b.padded_tokens for b in batches) * args.rounds
+    flops = sum(model_flops(models["mt"], b) for b in batches) * args.rounds
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in torch.cuda.get_device_name()), None) \
+        if device.type == "cuda" else None
+    steps = len(batches) * args.rounds
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "python": platform.python_version(), "config": args.config,
-        "batch_tokens": batch_tokens, "compile": args.compile,
-        "params_mt": sum(p.numel() for p in models["mt"].parameters()),
-        "params_reference": sum(p.numel() for p in models["torch.nn.Transformer"].parameters()),
-        "mt_tokens_per_s": round(speed["mt"]), "reference_tokens_per_s": round(speed["torch.nn.Transformer"]),
-        "ratio_mt_over_reference": round(speed["mt"] / speed["torch.nn.Transformer"], 3),
+        "overrides": args.overrides, "compile": args.compile, "batch_tokens": cfg.training.batch_tokens,
+        "params": sum(p.numel() for p in models["mt"].parameters()),
+        "tokens_per_s": round(trg / seconds["mt"]), "src_trg_tokens_per_s": round((src + trg) / seconds["mt"]),
+        "padding": round(1 - (src + trg) / padded, 4), "ms_per_step": round(1000 * seconds["mt"] / steps, 2),
+        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        "mfu": round(flops / seconds["mt"] / peak, 4) if peak else None,
+        "reference_tokens_per_s": round(trg / seconds["reference"]) if args.reference else None,
+        "ratio": round(seconds["reference"] / seconds["mt"], 3) if args.reference else None,
     }
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
     print(json.dumps(result))
 
 

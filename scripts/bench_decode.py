@@ -1,0 +1,61 @@
+"""Decoding speed of a trained run: greedy and beam search over a file, side by side.
+
+Times `mt.translate.translate_lines` (encode, batched search, detokenize) after the model is
+loaded and warmed up; prints sentences/s, target tokens/s and wall seconds per setting, and
+BLEU when a reference is given. The last line printed is one JSON object.
+
+    python scripts/bench_decode.py --run-dir runs/multi30k_de_en --src test.de [--ref test.en] [--beams 1 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from mt.checkpoint import load_for_inference
+from mt.evaluate import score
+from mt.files import read_lines
+from mt.translate import translate_lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--src", required=True)
+    parser.add_argument("--ref")
+    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--batch-tokens", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the fastest counts")
+    args = parser.parse_args()
+    loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
+    sources = read_lines(args.src)
+    refs = read_lines(args.ref) if args.ref else None
+    batch_tokens = args.batch_tokens or loaded.cfg.decoding.batch_tokens
+    result = {"device": torch.cuda.get_device_name() if loaded.device.type == "cuda" else
+              f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "sentences": len(sources),
+              "batch_tokens": batch_tokens, "checkpoint": str(loaded.path), "runs": []}
+    for beam in args.beams:
+        translate_lines(loaded, sources[:100], beam=beam, batch_tokens=batch_tokens)  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            if loaded.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            hyps = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
+            best = min(best, time.perf_counter() - start)
+        tokens = sum(len(ids) + 1 for ids in loaded.tokenizer.encode_trg(hyps))
+        run = {"beam": beam, "seconds": round(best, 3), "sentences_per_s": round(len(sources) / best, 1),
+               "trg_tokens_per_s": round(tokens / best), "bleu": score(hyps, refs, "bench")["bleu"] if refs else None}
+        print(f"beam {beam}: {run['seconds']:.3f} s, {run['sentences_per_s']:,.1f} sentences/s, "
+              f"{run['trg_tokens_per_s']:,} target tokens/s" + (f", BLEU {run['bleu']:.2f}" if refs else ""))
+        result["runs"].append(run)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
