@@ -12,6 +12,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -276,7 +277,7 @@ def load_ids(path: str | os.PathLike) -> EncodedSplit:
     try:
         with np.load(path) as arrays:
             parts = {name: arrays[name] for name in ("src_tokens", "src_offsets", "trg_tokens", "trg_offsets")}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:  # missing, empty, truncated, foreign
         raise MtError(f"{path}: unreadable id cache ({e}); run mt prepare --force") from None
     return EncodedSplit(src=_unflatten(parts["src_tokens"], parts["src_offsets"]),
                         trg=_unflatten(parts["trg_tokens"], parts["trg_offsets"]))

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -32,12 +33,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -77,7 +85,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
                 lines.append(raw.decode("utf-8").rstrip("\r\n"))
     except UnicodeDecodeError:
         raise MtError(f"{path}:{number}: invalid UTF-8") from None
-    except (OSError, EOFError) as e:  # unreadable file, or a truncated/corrupt .gz
+    except (OSError, EOFError, zlib.error) as e:  # unreadable file, or a truncated/corrupt .gz
         raise MtError(f"{path}: cannot read: {e}") from None
     return lines
 

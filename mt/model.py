@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -222,9 +222,9 @@ class Embedding(nn.Module):
 class AttentionWeights:
     """Weights recorded when asked for: one (batch, heads, query_len, key_len) tensor per layer."""
 
-    encoder: list[Tensor]
-    decoder_self: list[Tensor]
-    cross: list[Tensor]
+    encoder: list[Tensor] = field(default_factory=list)
+    decoder_self: list[Tensor] = field(default_factory=list)
+    cross: list[Tensor] = field(default_factory=list)
 
 
 class Transformer(nn.Module):

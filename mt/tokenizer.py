@@ -197,6 +197,8 @@ def _ints(ids: Sequence[int]) -> list[int]:
 
 def _processor(blob: bytes, where: str) -> spm.SentencePieceProcessor:
     try:
+        if not blob:  # SentencePiece would take an empty file for an empty model
+            raise RuntimeError("empty file")
         processor = spm.SentencePieceProcessor(model_proto=blob)
     except RuntimeError:
         raise MtError(f"{where}: not a SentencePiece model (corrupt file?); run mt prepare --force") from None

@@ -1,0 +1,208 @@
+"""Attention you can see: recorded weights, `mt attention` heatmaps and JSON, `mt plot` curves.
+
+One toy model (the word-mapping task, 200 steps: enough for shapes, not for good translations)
+is trained once for this module by the real `mt train`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mt.checkpoint import load_for_inference
+from mt.errors import MtError
+from mt.model import AttentionWeights
+from mt.plot import (DPI, SentenceAttention, Selection, attention_command, draw_attention, figure_size, plot_curves,
+                     save_figure)
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+image = pytest.importorskip("matplotlib.image")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mt(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mt", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> Path:
+    """A run dir with a toy model trained by `mt train` on CPU."""
+    tmp = tmp_path_factory.mktemp("toy_attention")
+    data = tmp / "data"
+    subprocess.run([sys.executable, "scripts/make_toy_task.py", "--out", str(data), "--task", "map",
+                    "--train", "2000", "--dev", "50", "--test", "5"], cwd=ROOT, check=True, capture_output=True)
+    cfg = yaml.safe_load((ROOT / "configs/toy.yaml").read_text(encoding="utf-8"))
+    cfg["run_dir"] = str(tmp / "run")
+    cfg["data"].update(train={"src": str(data / "train.src"), "trg": str(data / "train.trg")},
+                       dev={"src": str(data / "dev.src"), "trg": str(data / "dev.trg")},
+                       test={"toy_test": {"src": str(data / "test.src"), "trg": str(data / "test.trg")}})
+    cfg["training"].update(max_steps=200, validate_every=100, save_every=100, log_every=20)
+    (tmp / "toy.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    result = mt("train", "--config", str(tmp / "toy.yaml"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def toy_loaded(toy_run):
+    return load_for_inference(toy_run, "best", "cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_lines(toy_run) -> list[str]:
+    """Three dev sentences of different lengths."""
+    lines = (toy_run.parent / "data/dev.src").read_text(encoding="utf-8").splitlines()
+    by_length = sorted(lines, key=lambda line: len(line.split()))
+    return [by_length[-1], by_length[0], by_length[len(by_length) // 2]]
+
+
+def padded(rows: list[list[int]]) -> torch.Tensor:
+    tensor = torch.full((len(rows), max(map(len, rows))), PAD_ID)
+    for k, row in enumerate(rows):
+        tensor[k, : len(row)] = torch.tensor(row)
+    return tensor
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG that decodes."""
+    height, width = image.imread(path).shape[:2]
+    return width, height
+
+
+def expected_size(n_rows: int, n_cols: int, queries: int, keys: int) -> tuple[int, int]:
+    width, height = figure_size(n_rows, n_cols, queries, keys)
+    return round(width * DPI), round(height * DPI)
+
+
+def assert_size(path: Path, expected: tuple[int, int]) -> None:
+    width, height = png_size(path)
+    assert abs(width - expected[0]) <= 1 and abs(height - expected[1]) <= 1, (path, (width, height), expected)
+
+
+def test_recorded_weights_have_shapes_rows_summing_to_one_and_none_on_padding(toy_loaded, toy_lines):
+    tok, m = toy_loaded.tokenizer, toy_loaded.cfg.model
+    long, short = toy_lines[0], toy_lines[1]
+    src = padded([ids + [EOS_ID] for ids in tok.encode_src([long, short])])  # (2, src_len)
+    trg_in = padded([[BOS_ID] + ids for ids in tok.encode_trg([long.upper(), short.upper()])])  # (2, trg_len)
+    short_len = len(tok.encode_src([short])[0]) + 1
+    assert short_len < src.size(1)
+    weights = AttentionWeights([], [], [])
+    with torch.inference_mode():
+        toy_loaded.model.decode(trg_in, *toy_loaded.model.encode(src, weights), weights=weights)
+    src_len, trg_len = src.size(1), trg_in.size(1)
+    assert [w.shape for w in weights.encoder] == [(2, m.heads, src_len, src_len)] * m.encoder_layers
+    assert [w.shape for w in weights.decoder_self] == [(2, m.heads, trg_len, trg_len)] * m.decoder_layers
+    assert [w.shape for w in weights.cross] == [(2, m.heads, trg_len, src_len)] * m.decoder_layers
+    for w in weights.encoder + weights.decoder_self + weights.cross:
+        torch.testing.assert_close(w.sum(dim=-1), torch.ones(w.shape[:-1]), atol=1e-4, rtol=0)
+    for w in weights.encoder + weights.cross:  # the short sentence's padding gets no attention
+        assert (w[1, ..., short_len:] == 0).all()
+    for w in weights.decoder_self:  # nor does the future
+        assert (w.triu(diagonal=1) == 0).all()
+
+
+def test_attention_writes_one_heatmap_per_line(toy_run, toy_lines, tmp_path):
+    result = mt("attention", "--run-dir", str(toy_run), "--output", str(tmp_path / "out"), "--device", "cpu",
+                "--json", stdin="".join(line + "\n" for line in toy_lines))
+    assert result.returncode == 0, result.stderr
+    names = [f"{n:04d}.{ext}" for n in (1, 2, 3) for ext in ("png", "json")]
+    assert result.stdout.split() == [str(tmp_path / "out" / name) for name in names]
+    for n in (1, 2, 3):
+        written = json.loads((tmp_path / "out" / f"{n:04d}.json").read_text(encoding="utf-8"))
+        assert written["source"] == toy_lines[n - 1]
+        assert written["source_tokens"][-1] == "</s>" and written["target_tokens"][-1] == "</s>"
+        queries, keys = len(written["target_tokens"]), len(written["source_tokens"])
+        assert_size(tmp_path / "out" / f"{n:04d}.png", expected_size(1, 1, queries, keys))
+
+
+def test_json_holds_every_layer_and_head_with_rows_summing_to_one(toy_loaded, toy_run, toy_lines, tmp_path):
+    [png, path] = attention_command(toy_run, toy_lines[2:], tmp_path, as_json=True, device="cpu")
+    written = json.loads(path.read_text(encoding="utf-8"))
+    src, out, dec_in = (written[k] for k in ("source_tokens", "target_tokens", "decoder_input_tokens"))
+    assert dec_in == ["<s>"] + out[:-1]
+    m = toy_loaded.cfg.model
+    for kind, layers, queries, keys in (("encoder", m.encoder_layers, src, src),
+                                        ("decoder", m.decoder_layers, out, dec_in),
+                                        ("cross", m.decoder_layers, out, src)):
+        weights = torch.tensor(written["attention"][kind])
+        assert weights.shape == (layers, m.heads, len(queries), len(keys)), kind
+        torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1], dtype=weights.dtype),
+                                   atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("options, grid", [
+    (["--layer", "all", "--head", "0"], (1, 2)),  # a row of layers
+    (["--layer", "all"], (1, 2)),  # the mean of heads, a row of layers
+    (["--layer", "all", "--head", "all"], (2, 4)),  # layers down, heads across
+    (["--layer", "0", "--head", "-1", "--kind", "encoder"], (1, 1)),
+    (["--kind", "decoder", "--head", "all"], (1, 4)),
+])
+def test_attention_options_choose_layers_heads_and_kind(toy_run, toy_lines, tmp_path, options, grid):
+    opts = dict(zip((o.lstrip("-") for o in options[::2]), options[1::2]))
+    [png, path] = attention_command(toy_run, toy_lines[1:2], tmp_path, as_json=True, device="cpu", **opts)
+    assert png == tmp_path / "0001.png"
+    written = json.loads(path.read_text(encoding="utf-8"))
+    kind = opts.get("kind", "cross")
+    queries = written["source_tokens" if kind == "encoder" else "target_tokens"]
+    keys = written["decoder_input_tokens" if kind == "decoder" else "source_tokens"]
+    assert_size(png, expected_size(*grid, len(queries), len(keys)))
+
+
+def test_empty_lines_are_skipped_but_keep_their_number(toy_run, toy_lines, tmp_path):
+    written = list(attention_command(toy_run, [toy_lines[1], "  ", toy_lines[2]], tmp_path, device="cpu"))
+    assert written == [tmp_path / "0001.png", tmp_path / "0003.png"]
+
+
+def test_labels_draw_umlauts_and_the_word_marker(tmp_path):
+    src, out = ["\u2581Mädchen", "\u2581Größe", "n", "</s>"], ["\u2581girl", "\u2581ÄÖÜß", "</s>"]
+    sentence = SentenceAttention(1, "Mädchen Größen", "girl ÄÖÜß", src, out, ["<s>"] + out[:-1],
+                                 {"cross": torch.full((1, 2, 3, 4), 0.25)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about each glyph its font lacks
+        save_figure(draw_attention(sentence, "cross", Selection([0], [None])), tmp_path / "labels.png")
+    assert_size(tmp_path / "labels.png", expected_size(1, 1, 3, 4))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("layer", "2", "--layer 2: out of range; this model has 2 decoder layers: use 0 to 1, -2 to -1 or 'all'"),
+    ("head", "first", "--head first: not a number; this model has 4 heads"),
+    ("kind", "self", "--kind self: expected one of cross, encoder, decoder"),
+])
+def test_bad_options_name_the_option_and_valid_range(toy_run, tmp_path, option, value, message):
+    with pytest.raises(MtError, match="^" + re.escape(message)):
+        list(attention_command(toy_run, ["kalo"], tmp_path, device="cpu", **{option: value}))
+
+
+def test_bad_layer_on_the_command_line_is_a_one_line_error(toy_run, tmp_path):
+    result = mt("attention", "--run-dir", str(toy_run), "--output", str(tmp_path), "--layer", "-3",
+                "--text", "kalo", "--device", "cpu")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --layer -3: out of range")
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_draws_curves_of_the_run(toy_run):
+    result = mt("plot", "--run-dir", str(toy_run))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(toy_run / "curves.png")
+    assert png_size(toy_run / "curves.png") == (8 * DPI, 6 * DPI)
+
+
+def test_plot_without_metrics_says_so(tmp_path):
+    with pytest.raises(MtError, match="metrics.jsonl: no such file"):
+        plot_curves(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(MtError, match="no training or validation rows"):
+        plot_curves(tmp_path)

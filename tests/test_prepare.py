@@ -1,0 +1,372 @@
+"""`mt prepare`: config errors as the user sees them, the prepared run directory, doing nothing
+when nothing changed, redoing when something did, and leaving a run alone when it fails."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mt.config import load_config
+from mt.data import load_ids
+from mt.errors import MtError
+from mt.prepare import prepare
+from mt.tokenizer import JOINT_MODEL, SRC_MODEL, TRG_MODEL, Tokenizer
+
+# Line numbers below refer to this layout: keep it in step with the tests that name lines.
+CONFIG = """\
+run_dir: {run_dir}
+data:
+  train: {{src: {train_src}, trg: {train_trg}}}
+  dev: {{src: {dev_src}, trg: {dev_trg}}}
+tokenizer:
+  vocab_size: 60
+training:
+  lr: 5e-4
+"""
+
+
+@dataclass
+class Toy:
+    """A toy run: its config file, run directory and data files (500 train pairs, 100 dev)."""
+
+    folder: Path
+    config: Path
+    run_dir: Path
+    train_src: Path
+    train_trg: Path
+    dev_src: Path
+    dev_trg: Path
+
+    def prepare(self, *overrides: str, force: bool = False):
+        return prepare(load_config(self.config, list(overrides)), force=force)
+
+    def mt(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run_mt(*args, "--config", str(self.config), cwd=self.folder, env=env)
+
+    def write_config(self, text: str) -> Path:
+        self.config.write_text(text, encoding="utf-8")
+        return self.config
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path, toy_pairs) -> Toy:
+    files = {}
+    for split, pairs in (("train", toy_pairs[:500]), ("dev", toy_pairs[500:])):
+        files[f"{split}_src"] = write_lines(tmp_path / f"{split}.de", [src for src, _ in pairs])
+        files[f"{split}_trg"] = write_lines(tmp_path / f"{split}.en", [trg for _, trg in pairs])
+    run_dir = tmp_path / "run"
+    config = tmp_path / "toy.yaml"
+    config.write_text(CONFIG.format(run_dir=run_dir, **files), encoding="utf-8")
+    return Toy(tmp_path, config, run_dir, **files)
+
+
+def run_mt(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "MT_VERBOSE"}
+    return subprocess.run([sys.executable, "-m", "mt", *args], cwd=cwd, env={**environ, **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failed command prints, after checking it printed no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last.removeprefix("error: ")
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under run_dir: inode (a rename makes a new one), mtime and content hash."""
+    def state(path: Path) -> tuple[int, int, str]:
+        return path.stat().st_ino, path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(run_dir)): state(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config mistakes: one line naming where and what, exit code 2
+# ---------------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_file_line_and_column(toy):
+    text = toy.config.read_text().replace("trg: ", "trg: [", 1)  # line 3: an unclosed list
+    toy.write_config(text)
+    result = toy.mt("prepare")
+    assert result.returncode == 2
+    assert re.fullmatch(rf"{re.escape(str(toy.config))}:\d+:\d+: YAML syntax error: .+", error_line(result))
+
+
+def test_unknown_key_names_the_dotted_key_and_suggests_the_nearest(toy):
+    toy.write_config(toy.config.read_text().replace("vocab_size:", "vocab_siz:"))
+    result = toy.mt("prepare")
+    assert result.returncode == 2
+    assert error_line(result).startswith(f"{toy.config}:6: unknown key 'tokenizer.vocab_siz' "
+                                         "(did you mean 'tokenizer.vocab_size'?)")
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("vocab_size: 60", "vocab_size: lots", "6: tokenizer.vocab_size: expected an integer, got 'lots'"),
+    ("vocab_size: 60", "vocab_size: 8", "6: tokenizer.vocab_size: expected an integer >= 16, got 8"),
+    ("lr: 5e-4", "lr: fast", "8: training.lr: expected a number, got 'fast'"),
+    ("lr: 5e-4", "lr: 0", "8: training.lr: expected a number > 0, got 0.0"),
+    ("lr: 5e-4", "lr: 5e-4\n  label_smoothing: 1.5",
+     "9: training.label_smoothing: expected a number >= 0 and < 1, got 1.5"),
+], ids=["type", "below-minimum", "not-a-number", "not-positive", "over-maximum"])
+def test_wrong_type_or_range_names_the_key_and_what_was_expected(toy, old, new, expected):
+    toy.write_config(toy.config.read_text().replace(old, new))
+    result = toy.mt("prepare")
+    assert result.returncode == 2
+    assert error_line(result) == f"{toy.config}:{expected}"
+
+
+def test_missing_data_file_names_the_key_and_the_file(toy):
+    toy.dev_trg.unlink()
+    result = toy.mt("prepare")
+    assert result.returncode == 2
+    assert error_line(result) == f"{toy.config}:4: data.dev.trg: no such file: {toy.dev_trg}"
+    assert not toy.run_dir.exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.d_model=abc", "--set model.d_model: model.d_model: expected an integer, got 'abc'"),
+    ("training.lrr=1", "--set training.lrr: unknown key 'training.lrr' (did you mean 'training.lr'?)"),
+    ("tokenizer.joint=maybe", "--set tokenizer.joint: tokenizer.joint: expected true or false, got 'maybe'"),
+    ("training.lr", "--set 'training.lr': expected key=value"),
+])
+def test_bad_set_override_is_as_clear_as_a_bad_file(toy, override, expected):
+    result = toy.mt("prepare", "--set", override)
+    assert result.returncode == 2
+    assert error_line(result).startswith(expected)
+    assert not toy.run_dir.exists()
+
+
+def test_exponent_without_a_dot_is_a_number(toy):
+    # YAML 1.1 reads 5e-4 as a string; the config (line 8) and --set must both take it as 0.0005
+    assert load_config(toy.config).training.lr == 5e-4
+    assert load_config(toy.config, ["training.lr=3E-3"]).training.lr == 3e-3
+    result = toy.mt("prepare", "--set", "training.lr=5e-4")
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.0005" in (toy.run_dir / "config.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data mistakes: one line, exit code 1, nothing written
+# ---------------------------------------------------------------------------------------------
+
+
+def test_different_line_counts_fail_before_writing_anything(toy):
+    write_lines(toy.train_trg, toy.train_trg.read_text().splitlines()[:-1])
+    result = toy.mt("prepare")
+    assert result.returncode == 1
+    assert error_line(result) == (f"{toy.train_src} has 500 lines but {toy.train_trg} has 499; "
+                                  "parallel files need one line per sentence on both sides")
+    assert not toy.run_dir.exists()
+
+
+def test_invalid_utf8_names_file_and_line(toy):
+    with open(toy.dev_src, "ab") as f:
+        f.write(b"Caf\xe9 (latin-1)\n")
+    write_lines(toy.dev_trg, [*toy.dev_trg.read_text().splitlines(), "Cafe"])
+    result = toy.mt("prepare")
+    assert result.returncode == 1
+    assert error_line(result) == f"{toy.dev_src}:101: invalid UTF-8"
+    assert not toy.run_dir.exists()
+
+
+def test_empty_corpus_is_an_error(toy):
+    toy.train_src.write_text("")
+    toy.train_trg.write_text("")
+    result = toy.mt("prepare")
+    assert result.returncode == 1
+    assert "empty corpus" in error_line(result)
+
+
+def test_filtering_out_every_pair_is_an_error(toy):
+    result = toy.mt("prepare", "--set", "data.filter.max_words=2")
+    assert result.returncode == 1
+    assert error_line(result) == "data.filter dropped all 500 training pairs (max_words 500); loosen data.filter"
+    assert not toy.run_dir.exists()
+
+
+def test_vocab_size_too_large_says_to_lower_it(toy):
+    result = toy.mt("prepare", "--set", "tokenizer.vocab_size=5000")
+    assert result.returncode == 2
+    assert re.fullmatch(r"tokenizer\.vocab_size: 5000 is more than this data allows; lower it to at most \d+",
+                        error_line(result))
+    assert not toy.run_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A prepared run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prepare_writes_the_run_directory(toy):
+    toy.prepare()
+    assert sorted(snapshot(toy.run_dir)) == ["cache/dev.npz", "cache/train.npz", "config.yaml",
+                                            "manifest.json", f"tokenizer/{JOINT_MODEL}"]
+    manifest = json.loads((toy.run_dir / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 500, "train_kept": 500, "dev": 100, "test": {}}
+    assert manifest["files"]["train"]["src"] == {"path": str(toy.train_src),
+                                                 "sha256": hashlib.sha256(toy.train_src.read_bytes()).hexdigest()}
+    assert manifest["tokenizer"] == Tokenizer.load(toy.run_dir / "tokenizer").identity()
+    assert load_config(toy.run_dir / "config.yaml") == load_config(toy.config)
+
+
+def test_cached_ids_are_the_tokenized_text(toy, toy_pairs):
+    toy.prepare()
+    tokenizer = Tokenizer.load(toy.run_dir / "tokenizer")
+    train = load_ids(toy.run_dir / "cache/train.npz")
+    assert [ids.tolist() for ids in train.src] == tokenizer.encode_src([src for src, _ in toy_pairs[:500]])
+    assert [ids.tolist() for ids in train.trg] == tokenizer.encode_trg([trg for _, trg in toy_pairs[:500]])
+    dev = load_ids(toy.run_dir / "cache/dev.npz")
+    assert tokenizer.decode_trg(dev.trg) == [trg for _, trg in toy_pairs[500:]]
+
+
+def test_prepare_drops_filtered_pairs_and_reports_the_counts(toy, toy_pairs):
+    extra = [("", "An empty source."), ("Hund " * 300, "dog " * 300), ("Hund", "a very very long dog here"),
+             toy_pairs[0], toy_pairs[0]]
+    write_lines(toy.train_src, [src for src, _ in toy_pairs[:500] + extra])
+    write_lines(toy.train_trg, [trg for _, trg in toy_pairs[:500] + extra])
+    write_lines(toy.dev_src, [*toy.dev_src.read_text().splitlines(), toy_pairs[500][0]])  # dev keeps duplicates
+    write_lines(toy.dev_trg, [*toy.dev_trg.read_text().splitlines(), toy_pairs[500][1]])
+    result = toy.mt("prepare")
+    assert result.returncode == 0, result.stderr
+    assert ("train: 505 pairs, 500 kept (dropped: drop_empty 1, max_words 1, max_ratio 1, drop_duplicates 2)"
+            in result.stderr)
+    assert "dev: 101 pairs (all kept)" in result.stderr
+    manifest = json.loads((toy.run_dir / "manifest.json").read_text())
+    assert manifest["filter_dropped"] == {"drop_empty": 1, "max_words": 1, "max_ratio": 1, "drop_duplicates": 2}
+    assert len(load_ids(toy.run_dir / "cache/train.npz")) == 500
+    assert len(load_ids(toy.run_dir / "cache/dev.npz")) == 101
+
+
+def test_gz_inputs_prepare_the_same_as_plain(toy):
+    toy.prepare()
+    plain = load_ids(toy.run_dir / "cache/train.npz")
+    for path in (toy.train_src, toy.train_trg):
+        Path(f"{path}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    toy.prepare(f"data.train.src={toy.train_src}.gz", f"data.train.trg={toy.train_trg}.gz",
+                f"run_dir={toy.folder / 'run_gz'}")
+    packed = load_ids(toy.folder / "run_gz/cache/train.npz")
+    assert [a.tolist() for a in packed.src] == [a.tolist() for a in plain.src]
+    assert [a.tolist() for a in packed.trg] == [a.tolist() for a in plain.trg]
+
+
+def test_second_prepare_with_the_same_inputs_does_nothing(toy, caplog):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    with caplog.at_level(logging.INFO, logger="mt.prepare"):
+        toy.prepare()
+    assert snapshot(toy.run_dir) == before
+    assert "already prepared (nothing changed)" in caplog.text
+
+
+def test_a_new_tokenizer_vocab_size_redoes_everything(toy):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    toy.prepare("tokenizer.vocab_size=50")
+    after = snapshot(toy.run_dir)
+    for name in ("cache/train.npz", "cache/dev.npz", f"tokenizer/{JOINT_MODEL}", "manifest.json"):
+        assert after[name][2] != before[name][2], f"{name} was not redone"
+    assert Tokenizer.load(toy.run_dir / "tokenizer").src_vocab_size == 50
+    assert json.loads((toy.run_dir / "manifest.json").read_text())["tokenizer"]["src_vocab_size"] == 50
+
+
+def test_changed_data_redoes_it(toy, toy_pairs):
+    toy.prepare()
+    write_lines(toy.train_src, [src for src, _ in toy_pairs[:400]])
+    write_lines(toy.train_trg, [trg for _, trg in toy_pairs[:400]])
+    toy.prepare()
+    assert len(load_ids(toy.run_dir / "cache/train.npz")) == 400
+
+
+def test_a_model_setting_change_keeps_the_data_and_updates_the_config(toy):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    toy.prepare("model.d_model=32")
+    after = snapshot(toy.run_dir)
+    for name in ("cache/train.npz", "cache/dev.npz", f"tokenizer/{JOINT_MODEL}"):
+        assert after[name] == before[name], f"{name} was redone for a model setting"
+    assert load_config(toy.run_dir / "config.yaml").model.d_model == 32
+
+
+def test_force_redoes_it(toy):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    toy.prepare(force=True)
+    after = snapshot(toy.run_dir)
+    assert all(after[name][0] != before[name][0] for name in before)  # every file written anew
+
+
+def test_switching_to_separate_tokenizers_replaces_the_joint_model(toy):
+    toy.prepare()
+    toy.prepare("tokenizer.joint=false", "model.share_embeddings=false", "tokenizer.vocab_size=40")
+    assert sorted(p.name for p in (toy.run_dir / "tokenizer").iterdir()) == [SRC_MODEL, TRG_MODEL]
+    assert not Tokenizer.load(toy.run_dir / "tokenizer").joint
+
+
+@pytest.mark.parametrize("spoil", ["line_count", "utf8", "vocab_size", "all_filtered"])
+def test_a_failing_prepare_leaves_a_prepared_run_as_it_was(toy, spoil):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    overrides = []
+    if spoil == "line_count":
+        write_lines(toy.train_trg, toy.train_trg.read_text().splitlines()[:-1])
+    elif spoil == "utf8":
+        toy.dev_src.write_bytes(toy.dev_src.read_bytes().replace("ü".encode(), b"\xfc", 1))
+    elif spoil == "vocab_size":
+        overrides = ["tokenizer.vocab_size=5000"]
+    else:
+        overrides = ["data.filter.max_words=1"]
+    with pytest.raises(MtError):
+        toy.prepare(*overrides)
+    assert snapshot(toy.run_dir) == before
+
+
+def test_run_dir_that_is_a_file_is_an_error(toy):
+    toy.run_dir.write_text("not a folder")
+    with pytest.raises(MtError, match="is a file, not a folder"):
+        toy.prepare()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prepare_multi30k_from_a_local_copy(tmp_path, multi30k_dir):
+    config = tmp_path / "multi30k.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\n"
+                      "data: {corpus: multi30k, src_lang: de, trg_lang: en}\n"
+                      "tokenizer: {vocab_size: 1000, max_sentences: 5000}\n")
+    with socket.socket() as probe:  # a port where nothing listens: downloading would fail
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    env = {"MT_DATA": str(multi30k_dir), "MT_CACHE": str(tmp_path / "cache"), "MT_CORPUS_URL": nowhere}
+    result = run_mt("prepare", "--config", str(config), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^train: 29000 pairs, \d+ kept", result.stderr, re.MULTILINE)
+    assert "dev: 1014 pairs" in result.stderr
+    for name, count in (("test_2016_flickr", 1000), ("test_2017_flickr", 1000), ("test_2017_mscoco", 461)):
+        assert f"test {name}: {count} pairs" in result.stderr
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["counts"]["train"] == 29000
+    assert set(manifest["files"]["test"]) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
+    assert manifest["tokenizer"]["src_vocab_size"] == 1000
+    assert not (tmp_path / "cache").exists()  # read in place, nothing downloaded or copied
