@@ -541,6 +541,11 @@ def finish(run: Run) -> None:
     if run.stop_requested:
         return
     from mt.evaluate import evaluate_command
+    from mt.prepare import load_prepared
+
+    if not load_prepared(run.run_dir).files.tests:
+        log.info("no test sets in the config (data.test): nothing to score")
+        return
 
     for line in evaluate_command(run_dir=run.run_dir, src=None, ref=None, hyps=[], output=None,
                                  checkpoint="best", beam=None, batch_tokens=None,

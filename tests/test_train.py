@@ -1,0 +1,151 @@
+"""`mt train`: a model that learns, checkpoints that resume exactly, and files that survive failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_toy_data, run_mt, toy_config
+from mt.checkpoint import average_checkpoints, load_checkpoint, load_for_inference, save_checkpoint
+from mt.errors import MtError
+from mt.files import read_lines
+from mt.translate import translate_lines
+
+TINY = {"model__d_model": 32, "model__heads": 2, "model__encoder_layers": 1, "model__decoder_layers": 1,
+        "model__ff_dim": 64, "model__dropout": 0.1, "training__validate_every": 10, "training__save_every": 10,
+        "training__log_every": 5, "training__keep_checkpoints": 10, "decoding__batch_tokens": 2000}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    return make_toy_data(tmp_path_factory.mktemp("small") / "data", train=600, dev=40, test=20)
+
+
+def parameters(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def test_toy_config_learns_the_task(toy_run):
+    """The shipped toy config reaches >= 90% exact match (greedy) on its dev set."""
+    loaded = load_for_inference(toy_run / "run", "best", "cpu")
+    sources, refs = read_lines(toy_run / "data/dev.src"), read_lines(toy_run / "data/dev.trg")
+    hyps = translate_lines(loaded, sources, beam=1)
+    exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
+    assert exact >= 0.9, f"exact match {exact:.2f}"
+    metrics = [json.loads(line) for line in (toy_run / "run/metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses[-1] < losses[0] / 5  # and the training loss fell on the way there
+
+
+def test_resume_continues_exactly(tmp_path, small_data):
+    """30 steps straight == 15 steps, stop, 15 more (dropout on: RNG and data position restored)."""
+    straight = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "a", training__max_steps=30, **TINY)
+    run_mt("train", "--config", str(straight))
+    first = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=15, **TINY)
+    run_mt("train", "--config", str(first))
+    second = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=30, **TINY)
+    resumed = run_mt("train", "--config", str(second))
+    assert "resuming" in resumed.stderr
+    a = parameters(tmp_path / "a/checkpoints/step_0000030.pt")
+    b = parameters(tmp_path / "b/checkpoints/step_0000030.pt")
+    assert max_difference(a, b) <= 1e-6
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_data):
+    steps = 150
+    straight = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "a", training__max_steps=steps, **TINY)
+    run_mt("train", "--config", str(straight))
+    config = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=steps, **TINY)
+    process = subprocess.Popen([sys.executable, "-m", "mt", "train", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "b/metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.is_file() and "loss" in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "SIGTERM: saved step" in stderr
+    stopped_at = int(stderr.split("SIGTERM: saved step ")[1].split(";")[0])
+    assert 0 < stopped_at < steps
+    assert (tmp_path / f"b/checkpoints/step_{stopped_at:07d}.pt").is_file()
+    run_mt("train", "--config", str(config))
+    a = parameters(tmp_path / f"a/checkpoints/step_{steps:07d}.pt")
+    b = parameters(tmp_path / f"b/checkpoints/step_{steps:07d}.pt")
+    assert max_difference(a, b) <= 1e-6
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    path = tmp_path / "step.pt"
+    good = {"model": {"w": torch.ones(3)}, "config": {}, "step": 1}
+    save_checkpoint(path, good)
+    with pytest.raises(Exception):  # pickling fails halfway through the write
+        save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "step": 2, "bad": lambda: None})
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.pt"]  # no temporary file left
+
+
+def test_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "step.pt"
+    save_checkpoint(path, {"model": {"w": torch.randn(1000)}, "config": {}, "step": 1})
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(MtError, match="step.pt"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "step": 1, "x": _Payload(str(marker))}, path)
+    with open(tmp_path / "check.pkl", "wb") as f:  # the payload is real: plain unpickling runs it
+        pickle.dump(_Payload(str(tmp_path / "proof")), f)
+    with open(tmp_path / "check.pkl", "rb") as f:
+        pickle.load(f)
+    assert (tmp_path / "proof").exists()
+    with pytest.raises(MtError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_averaging_gives_the_parameter_mean(tmp_path):
+    run_dir = tmp_path / "run"
+    tensors = [torch.randn(4, 3), torch.randn(4, 3)]
+    for step, t in zip((10, 20), tensors):
+        save_checkpoint(run_dir / f"checkpoints/step_{step:07d}.pt",
+                        {"model": {"w": t}, "config": {}, "tokenizer": {}, "step": step})
+    out = average_checkpoints(run_dir, last=2)
+    assert torch.allclose(load_checkpoint(out)["model"]["w"], (tensors[0] + tensors[1]) / 2, atol=1e-7)
+
+
+def test_a_run_dir_of_another_model_config_is_refused(tmp_path, small_data):
+    first = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=5, **TINY)
+    run_mt("train", "--config", str(first))
+    other = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "run", training__max_steps=5,
+                       **{**TINY, "model__d_model": 48})
+    result = run_mt("train", "--config", str(other), check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "model" in result.stderr and "--restart" in result.stderr
+    assert load_checkpoint(tmp_path / "run/checkpoints/step_0000005.pt")["config"]["model"]["d_model"] == 32

@@ -1,0 +1,190 @@
+"""Search, `mt translate` and `mt eval` on the model the toy config trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_mt
+from mt.checkpoint import load_for_inference
+from mt.files import read_lines
+from mt.search import beam_search, greedy_search
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mt.translate import fit_source
+
+
+@pytest.fixture(scope="module")
+def loaded(toy_run):
+    return load_for_inference(toy_run / "run", "best", "cpu")
+
+
+@pytest.fixture(scope="module")
+def sources(toy_run) -> list[str]:
+    return read_lines(toy_run / "data/dev.src")[:40]
+
+
+def batch_of(loaded, lines: list[str]) -> torch.Tensor:
+    ids = [s + [EOS_ID] for s in fit_source(loaded, lines)]
+    out = torch.full((len(ids), max(map(len, ids))), PAD_ID)
+    for row, s in enumerate(ids):
+        out[row, : len(s)] = torch.tensor(s)
+    return out
+
+
+def test_beam_1_is_greedy(loaded, sources):
+    src = batch_of(loaded, sources)
+    greedy = greedy_search(loaded.model, src, 1.5, 5)
+    beam = beam_search(loaded.model, src, 1, 0.0, 1.5, 5)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+    assert [round(h.score, 4) for h in greedy] == [round(b[0].score, 4) for b in beam]
+
+
+def test_beam_5_scores_at_least_greedy(loaded, sources):
+    src = batch_of(loaded, sources)
+    greedy = greedy_search(loaded.model, src, 1.5, 5)
+    beam = beam_search(loaded.model, src, 5, 0.0, 1.5, 5, nbest=5)
+    for g, hyps in zip(greedy, beam):
+        assert hyps[0].score >= g.score - 1e-4
+        assert [h.normalized for h in hyps] == sorted((h.normalized for h in hyps), reverse=True)
+
+
+def test_cached_search_equals_full_prefix_decoding(loaded, sources):
+    """Greedy on the cache == greedy that re-runs the decoder over the whole prefix each step."""
+    model = loaded.model
+    src = batch_of(loaded, sources[:8])
+    cached = greedy_search(model, src, 1.5, 5)
+    with torch.inference_mode():
+        encoder_out, mask = model.encode(src)
+        for row, hyp in enumerate(cached):
+            prefix = torch.tensor([[BOS_ID]])
+            full_score = 0.0
+            for _ in range(len(hyp.tokens) + 1):
+                logits = model.decode(prefix, encoder_out[row : row + 1], mask[row : row + 1])[0, -1]
+                log_probs = logits.float().log_softmax(-1)
+                log_probs[[PAD_ID, BOS_ID]] = -float("inf")
+                token = int(log_probs.argmax())
+                full_score += float(log_probs[token])
+                prefix = torch.cat([prefix, torch.tensor([[token]])], dim=1)
+                if token == EOS_ID:
+                    break
+            assert prefix[0, 1:-1].tolist() == hyp.tokens
+            assert abs(full_score - hyp.score) < 1e-4
+
+
+def test_every_input_line_gives_one_output_line_in_order(toy_run, sources, tmp_path):
+    long_line = " ".join([sources[0]] * 200)  # far past the model's maximum length
+    lines = [sources[0], "", "   ", long_line, "a\0b " + sources[1], sources[2], ""]
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--device", "cpu",
+                    input="\n".join(lines) + "\n")
+    out = result.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[1] == out[2] == out[6] == ""
+    single = run_mt("translate", "--run-dir", str(toy_run / "run"), "--device", "cpu", input=sources[2] + "\n")
+    assert out[5] == single.stdout.rstrip("\n") != ""
+    assert "line 4" in result.stderr and "cut" in result.stderr  # the long line: warned, not dropped
+    assert out[3] != ""
+
+
+def test_a_last_line_without_newline_and_only_empty_lines(toy_run, sources):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), input=sources[0])
+    assert result.stdout.count("\n") == 1
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), input="\n\n\n")
+    assert result.stdout == "\n\n\n"
+
+
+def test_invalid_utf8_names_the_line_after_writing_the_lines_before(toy_run, sources):
+    data = (sources[0] + "\n" + sources[1] + "\n").encode() + b"\xff\xfe bad\n" + b"more\n"
+    result = subprocess.run([sys.executable, "-m", "mt", "translate", "--run-dir", str(toy_run / "run")],
+                            input=data, capture_output=True)
+    assert result.returncode != 0
+    assert b"stdin:3: invalid UTF-8" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_translation_streams_before_stdin_closes(toy_run, sources):
+    process = subprocess.Popen([sys.executable, "-m", "mt", "translate", "--run-dir", str(toy_run / "run")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        process.stdin.write((sources[0] + "\n").encode())
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, "no output within 60 s while stdin was still open"
+        first = process.stdout.readline()
+        assert first.strip()
+        process.stdin.write((sources[1] + "\n" + sources[2] + "\n").encode())
+        process.stdin.close()
+        rest = process.stdout.read().splitlines()
+        assert len(rest) == 2
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_nbest_prints_n_ranked_lines_per_input(toy_run, sources):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--beam", "4", "--nbest", "3",
+                    input="\n".join(sources[:2]) + "\n")
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1]
+    assert float(rows[0][2]) >= float(rows[1][2]) >= float(rows[2][2])
+
+
+def test_eval_bleu_equals_the_sacrebleu_command(toy_run, tmp_path):
+    hyp = tmp_path / "hyp.txt"
+    run_mt("eval", "--run-dir", str(toy_run / "run"), "--src", str(toy_run / "data/test.src"),
+           "--ref", str(toy_run / "data/test.trg"), "--output", str(hyp))
+    ours = json.loads(run_mt("eval", "--hyp", str(hyp), "--ref", str(toy_run / "data/test.trg"), "--json").stdout)
+    theirs = subprocess.run([sys.executable, "-m", "sacrebleu", str(toy_run / "data/test.trg"), "-i", str(hyp),
+                             "-m", "bleu", "chrf", "-w", "2"], capture_output=True, text=True, check=True)
+    bleu, chrf = json.loads(theirs.stdout)
+    assert ours["bleu"] == pytest.approx(bleu["score"], abs=0.005)
+    assert ours["chrf"] == pytest.approx(chrf["score"], abs=0.005)
+    assert ours["bleu_signature"] == bleu["signature"] and ours["chrf_signature"] == chrf["signature"]
+    assert ours["lines"] == 200
+
+
+def test_eval_with_no_files_scores_every_test_set(toy_run):
+    rows = [json.loads(line) for line in run_mt("eval", "--run-dir", str(toy_run / "run"), "--json").stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["toy_test"]
+    assert rows[0]["bleu"] > 50 and set(rows[0]) >= {"name", "lines", "bleu", "chrf", "bleu_signature", "chrf_signature"}
+
+
+def test_eval_line_count_mismatch_names_both_counts(toy_run, tmp_path):
+    hyp = tmp_path / "short.txt"
+    hyp.write_text("a\nb\n")
+    result = run_mt("eval", "--hyp", str(hyp), "--ref", str(toy_run / "data/test.trg"), check=False)
+    assert result.returncode != 0 and "2" in result.stderr and "200" in result.stderr
+
+
+def test_eval_compares_two_systems_with_paired_bootstrap(toy_run, tmp_path):
+    ref = toy_run / "data/test.trg"
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    refs = read_lines(ref)
+    good.write_text("".join(r + "\n" for r in refs))
+    bad.write_text("".join(" ".join(r.split()[:2]) + "\n" for r in refs))
+    rows = [json.loads(x) for x in run_mt("eval", "--hyp", str(good), "--hyp", str(bad), "--ref", str(ref),
+                                          "--json").stdout.splitlines()]
+    assert rows[0]["bleu"] == 100.0 and rows[1]["bleu"] < rows[0]["bleu"]
+    assert rows[1]["bleu_p"] < 0.05 and rows[1]["bleu_ci"] >= 0
+    text = run_mt("eval", "--hyp", str(good), "--hyp", str(bad), "--ref", str(ref)).stdout
+    assert "p = " in text and "±" in text
+
+
+def test_alignments_match_the_monotone_task(toy_run, sources):
+    """Map task: target word j translates source word j, so the true alignment is j-j."""
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--alignments",
+                    input="\n".join(sources) + "\n")
+    right = total = 0
+    for line in result.stdout.splitlines():
+        text, pairs = line.split("\t")
+        for pair in pairs.split():
+            i, j = map(int, pair.split("-"))
+            right += i == j
+            total += 1
+    assert total >= len(sources) * 3
+    assert right / total >= 0.9, f"{right}/{total} alignment links right"
