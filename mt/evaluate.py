@@ -56,9 +56,10 @@ def compare(hyp_paths: Sequence[Path], ref_path: Path) -> Iterator[dict]:
     signatures, results = PairedTest(systems, {"BLEU": BLEU(), "chrF": CHRF()}, [refs], test_type="bs")()
     for k, name in enumerate(results["System"]):
         bleu, chrf = results["BLEU"][k], results["chrF2"][k]
-        yield {"name": name, "lines": len(refs), "bleu": round(bleu.score, 2), "bleu_ci": round(bleu.ci, 2),
-               "bleu_p": bleu.p_value, "chrf": round(chrf.score, 2), "chrf_ci": round(chrf.ci, 2),
-               "chrf_p": chrf.p_value, "bleu_signature": str(signatures["BLEU"]),
+        number = lambda v: None if v is None else round(float(v), 4)  # noqa: E731  (NumPy floats -> JSON)
+        yield {"name": name, "lines": len(refs), "bleu": number(bleu.score), "bleu_ci": number(bleu.ci),
+               "bleu_p": number(bleu.p_value), "chrf": number(chrf.score), "chrf_ci": number(chrf.ci),
+               "chrf_p": number(chrf.p_value), "bleu_signature": str(signatures["BLEU"]),
                "chrf_signature": str(signatures["chrF2"])}
 
 
