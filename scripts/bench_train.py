@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reference", action="store_true", help="also time torch.nn.Transformer")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--profile", action="store_true", help="print where mt's step spends host and GPU time")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     m = cfg.model
@@ -119,6 +120,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (model, optimizer) in runners.items():
             seconds[name] += time_steps(model, optimizer, batches, device, cfg.training.label_smoothing)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            time_steps(*runners["mt"], batches, device, cfg.training.label_smoothing)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
     trg = sum(b.trg_tokens for b in batches) * args.rounds
     src = sum(b.src_tokens for b in batches) * args.rounds
     padded = sum(b.padded_tokens for b in batches) * args.rounds
