@@ -47,7 +47,8 @@ def max_output_lengths(src_ids: Tensor, a: float, b: int, model_max_len: int) ->
 
 
 def _forbid_specials(log_probs: Tensor) -> Tensor:
-    """PAD and BOS are never outputs."""
+    """PAD and BOS are never outputs; NaN (a diverged model) counts as impossible."""
+    log_probs = log_probs.nan_to_num(nan=-float("inf"))
     log_probs[:, PAD_ID] = -float("inf")
     log_probs[:, BOS_ID] = -float("inf")
     return log_probs
@@ -56,9 +57,10 @@ def _forbid_specials(log_probs: Tensor) -> Tensor:
 def _force_eos(log_probs: Tensor, at_limit: Tensor) -> Tensor:
     """Rows that reached their length limit can only end."""
     if at_limit.any():
-        eos_only = torch.full_like(log_probs[0], -float("inf"))
-        eos_only[EOS_ID] = 0.0
-        log_probs[at_limit] = eos_only + log_probs[at_limit][:, EOS_ID : EOS_ID + 1]
+        eos = log_probs[at_limit][:, EOS_ID]
+        log_probs[at_limit] = -float("inf")
+        # ending must stay possible even when the model gives EOS no probability at all
+        log_probs[at_limit.nonzero()[:, 0], EOS_ID] = eos.clamp(min=-1e9)
     return log_probs
 
 
@@ -185,6 +187,8 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
             attention = attention[source_rows]
 
     for hyps in finished:
+        if not hyps:  # only a diverged model (every score -inf) finishes nothing
+            hyps.append(Hypothesis([], -float("inf"), -float("inf")))
         hyps.sort(key=lambda h: h.normalized, reverse=True)
     return [hyps[:nbest] for hyps in finished]
 

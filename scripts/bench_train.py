@@ -22,7 +22,6 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mt.batching import BatchStream, Position

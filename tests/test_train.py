@@ -149,3 +149,31 @@ def test_a_run_dir_of_another_model_config_is_refused(tmp_path, small_data):
     assert "Traceback" not in result.stderr
     assert "model" in result.stderr and "--restart" in result.stderr
     assert load_checkpoint(tmp_path / "run/checkpoints/step_0000005.pt")["config"]["model"]["d_model"] == 32
+
+
+def test_a_loss_that_turns_nan_stops_training_with_the_last_good_checkpoint(tmp_path, small_data):
+    """A huge learning rate blows the weights up; updates with a non-finite loss are skipped
+    and counted, and after training.max_bad_steps in a row training stops with a clear message."""
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=200,
+                        training__lr=1e12, training__warmup_steps=1, training__clip_norm=0.0,
+                        training__max_bad_steps=3, training__save_every=1, **{k: v for k, v in TINY.items()
+                                                                               if k != "training__save_every"})
+    result = run_mt("train", "--config", str(config), check=False)
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "NaN or inf" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("not finite; update skipped") >= 3
+    saved = sorted((tmp_path / "run/checkpoints").glob("step_*.pt"))
+    assert saved  # the steps before the blow-up are kept, and load
+    assert all(torch.isfinite(t).all() for t in parameters(saved[-1]).values() if t.is_floating_point())
+
+
+def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path, small_data):
+    first = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "a", training__max_steps=2, **TINY)
+    run_mt("train", "--config", str(first))
+    other = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=2,
+                       tokenizer__vocab_size=60, **TINY)
+    run_mt("train", "--config", str(other))
+    result = run_mt("translate", "--run-dir", str(tmp_path / "b"), "--checkpoint",
+                    str(tmp_path / "a/checkpoints/step_0000002.pt"), input="kalo\n", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "another tokenizer/vocabulary" in result.stderr and "step_0000002.pt" in result.stderr

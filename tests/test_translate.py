@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
