@@ -6,7 +6,7 @@ checkpoint writes alike) and resumed each time with the same command. At the end
 parameters of both runs must be identical (resume is exact and no kill corrupts a checkpoint).
 
     python scripts/make_toy_task.py --out data/toy
-    python scripts/soak_kill.py [--kills 20] [--steps 400] [--out runs/soak]
+    python scripts/soak_kill.py [--kills 20] [--steps 800] [--out runs/soak]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mt.checkpoint import load_checkpoint, step_checkpoints
 
 def train(run_dir: Path, args, extra: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "mt", "train", "--config", args.config, "--set", f"run_dir={run_dir}",
-               "--set", f"training.max_steps={args.steps}", "--set", "training.save_every=25", *extra]
+               "--set", f"training.max_steps={args.steps}", "--set", "training.save_every=25", "--set", "training.log_every=5", *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -35,22 +35,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/toy.yaml")
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     straight, killed = args.out / "straight", args.out / "killed"
 
-    start = time.monotonic()
     if train(straight, args, []).wait() != 0:
         sys.exit("the uninterrupted run failed")
-    duration = time.monotonic() - start
 
     kills = 0
     while kills < args.kills:
+        metrics = killed / "metrics.jsonl"
+        before = metrics.stat().st_mtime if metrics.exists() else 0.0
         process = train(killed, args, [])
-        time.sleep(rng.uniform(2.0, max(duration / 2, 3.0)))  # after start-up, somewhere in training
+        # kill while training: after this attempt has logged once, at a random moment
+        while process.poll() is None and (metrics.stat().st_mtime if metrics.exists() else 0.0) == before:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
         if process.poll() is not None:
             break  # finished before the kill: no more to do
         process.send_signal(signal.SIGKILL)

@@ -77,7 +77,7 @@ def test_cached_search_equals_full_prefix_decoding(loaded, sources):
 
 
 def test_every_input_line_gives_one_output_line_in_order(toy_run, sources, tmp_path):
-    long_line = " ".join([sources[0]] * 200)  # far past the model's maximum length
+    long_line = " ".join([sources[0]] * 4000)[:100_000]  # 100,000 characters, far past the maximum
     lines = [sources[0], "", "   ", long_line, "a\0b " + sources[1], sources[2], ""]
     result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--device", "cpu",
                     input="\n".join(lines) + "\n")
