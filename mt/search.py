@@ -178,7 +178,8 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
             break
         if keep_groups.numel() < live:  # drop finished sentences' rows
             keep_rows = (keep_groups[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-            source_rows, last = source_rows.view(live, beam)[keep_groups].view(-1), last.view(live, beam)[keep_groups].view(-1)
+            source_rows = source_rows.view(live, beam)[keep_groups].view(-1)
+            last = last.view(live, beam)[keep_groups].view(-1)
             scores, sentences = scores[keep_groups], sentences[keep_groups]
             src_mask = src_mask[keep_rows]
         tokens = torch.cat([tokens[source_rows], last[:, None]], dim=1)

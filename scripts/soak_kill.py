@@ -27,7 +27,8 @@ from mt.checkpoint import load_checkpoint, step_checkpoints
 
 def train(run_dir: Path, args, extra: list[str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "mt", "train", "--config", args.config, "--set", f"run_dir={run_dir}",
-               "--set", f"training.max_steps={args.steps}", "--set", "training.save_every=25", "--set", "training.log_every=5", *extra]
+               "--set", f"training.max_steps={args.steps}", "--set", "training.save_every=25",
+               "--set", "training.log_every=5", *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
