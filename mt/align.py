@@ -52,7 +52,7 @@ def word_attention(tokenizer: Tokenizer, src_ids: Sequence[int], hyp: Hypothesis
 def word_alignment(tokenizer: Tokenizer, src_ids: Sequence[int], hyp: Hypothesis,
                    layer: Optional[int] = None, head: Optional[int] = None) -> list[tuple[int, int]]:
     """Hard alignment: (source word, target word) for every target word."""
-    if not hyp.tokens or len(src_ids) <= 1:
+    if not hyp.tokens or len(src_ids) <= 1 or hyp.attention is None:
         return []
     best = word_attention(tokenizer, src_ids, hyp, layer, head).argmax(dim=1)
     return [(int(i), j) for j, i in enumerate(best.tolist())]

@@ -101,7 +101,7 @@ def translate(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",
     beam: BeamOpt = None,
-    nbest: Annotated[int, typer.Option("--nbest", help="Print the N best translations per line, tab-separated.")] = 1,
+    nbest: Annotated[int, typer.Option("--nbest", help="Print the N best translations per line: 'index ||| translation ||| score'.")] = 1,
     batch_tokens: BatchTokensOpt = None,
     device: DeviceOpt = "auto",
     alignments: Annotated[bool, typer.Option("--alignments", help="Append a tab and i-j word alignments from cross-attention.")] = False,

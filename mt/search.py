@@ -27,7 +27,7 @@ from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 class Hypothesis:
     tokens: list[int]  # target ids, without BOS and EOS
     score: float  # sum of log-probabilities, EOS included
-    normalized: float  # score / lp(len(tokens) + 1): what beam search ranks by
+    normalized: float  # beam search: score / lp(len(tokens) + 1), what it ranks by; greedy: score
     # cross-attention that produced each output position, EOS included, when asked for:
     # (decoder layers, heads, len(tokens) + 1, source length with EOS), rows summing to 1
     attention: Optional[Tensor] = None
@@ -188,7 +188,7 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
             attention = attention[source_rows]
 
     for hyps in finished:
-        if not hyps:  # only a diverged model (every score -inf) finishes nothing
+        while len(hyps) < nbest:  # only a diverged model (every score -inf) finishes too few
             hyps.append(Hypothesis([], -float("inf"), -float("inf")))
         hyps.sort(key=lambda h: h.normalized, reverse=True)
     return [hyps[:nbest] for hyps in finished]

@@ -79,7 +79,8 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
         for i, source, hyps in zip(indices, sources, found):
             if record_attention:  # drop the batch's padding columns
                 for h in hyps:
-                    h.attention = h.attention[..., : len(source)]
+                    if h.attention is not None:
+                        h.attention = h.attention[..., : len(source)]
             results[i] = Translation(source, hyps)
     return results
 
@@ -133,8 +134,10 @@ def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):
         fd = None
-    if fd is None:  # an in-memory stream: everything is already there
-        lines = stream.read().splitlines()
+    if fd is None:  # an in-memory stream: everything is already there; lines end at "\n" only
+        lines = stream.read().split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
         for start in range(0, len(lines), max_lines):
             yield lines[start : start + max_lines]
         return
@@ -145,8 +148,11 @@ def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list
             break
         *complete, pending = (pending + data).split(b"\n")
         lines.extend(complete)
+        while len(lines) >= max_lines:
+            yield lines[:max_lines]
+            lines = lines[max_lines:]
         waiting = select.select([fd], [], [], 0)[0] if os.name == "posix" else [fd]
-        if lines and (len(lines) >= max_lines or not waiting):
+        if lines and not waiting:
             yield lines
             lines = []
     if pending:  # a last line without a newline is still a line
@@ -155,16 +161,17 @@ def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list
         yield lines
 
 
-def decode_lines(raw: Sequence[bytes], first_line: int) -> list[str]:
-    """UTF-8 text per line, CR of CRLF endings dropped; invalid UTF-8 is an error naming the line."""
+def decode_lines(raw: Sequence[bytes], first_line: int) -> tuple[list[str], Optional[MtError]]:
+    """UTF-8 text per line (CR of CRLF endings dropped) up to the first invalid line, and the
+    error naming that line, if any: the caller translates the good lines before raising it."""
     text = []
     for k, line in enumerate(raw):
         try:
             text.append(line.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError as err:
-            raise MtError(f"stdin:{first_line + k}: invalid UTF-8 at byte {err.start}; "
-                          f"{first_line + k - 1} lines were translated") from None
-    return text
+            return text, MtError(f"stdin:{first_line + k}: invalid UTF-8 at byte {err.start}; "
+                                 f"the {first_line + k - 1} lines before it were translated")
+    return text, None
 
 
 def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str = "best",
@@ -177,11 +184,13 @@ def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str =
         raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")
     start, count = time.monotonic(), 0
     for raw in read_chunks(stdin):
-        lines = decode_lines(raw, count + 1)
+        lines, error = decode_lines(raw, count + 1)
         out = translate_lines(loaded, lines, beam, nbest, batch_tokens, alignments, first_line=count + 1)
         stdout.write("".join(line + "\n" for line in out))
         stdout.flush()
         count += len(lines)
+        if error:
+            raise error
     elapsed = time.monotonic() - start
     log.info("translated %d lines in %.1f s (%.1f lines/s, beam %d, %s)", count, elapsed,
              count / max(elapsed, 1e-9), beam, loaded.device)

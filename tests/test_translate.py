@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import subprocess
@@ -15,7 +16,7 @@ from mt.checkpoint import load_for_inference
 from mt.files import read_lines
 from mt.search import beam_search, greedy_search
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.translate import fit_source
+from mt.translate import fit_source, read_chunks
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,20 @@ def test_invalid_utf8_names_the_line_after_writing_the_lines_before(toy_run, sou
                             input=data, capture_output=True)
     assert result.returncode != 0
     assert b"stdin:3: invalid UTF-8" in result.stderr and b"Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) == 2  # the lines before it are written
+
+
+def test_read_chunks_keeps_every_line_and_bounds_chunk_size(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"".join(b"line %d\r\n" % i for i in range(5001)) + b"a\rb")  # lone CR: not a line end
+    with open(path, "rb") as f:
+        chunks = list(read_chunks(f, max_lines=2000))
+    with open(path, "rb") as f:
+        in_memory = list(read_chunks(io.BytesIO(f.read()), max_lines=2000))
+    for found in (chunks, in_memory):
+        assert max(len(c) for c in found) <= 2000
+        lines = [line for c in found for line in c]
+        assert len(lines) == 5002 and lines[0] == b"line 0\r" and lines[-1] == b"a\rb"
 
 
 def test_translation_streams_before_stdin_closes(toy_run, sources):
