@@ -306,12 +306,18 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
                 loss = token_loss(run.model, batch, t.label_smoothing)
             run.scaler.scale(loss * (run.dist.world / total_tokens)).backward()
             loss_sum += loss.detach()
-    except torch.cuda.OutOfMemoryError:
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        if run.dist.world > 1:  # the other ranks already wait in the all-reduce: skipping alone would hang
+            raise MtError(f"step {state.step + 1}: a batch did not fit in {run.device.type} memory on rank "
+                          f"{run.dist.rank}; lower training.batch_tokens and run again to resume") from None
         run.optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
         state.skipped_steps += 1
-        log.warning("step %d: a batch did not fit in GPU memory; skipped it (lower training.batch_tokens "
-                    "if this repeats)", state.step + 1)
+        log.warning("step %d: a batch did not fit in %s memory; skipped it (lower training.batch_tokens "
+                    "if this repeats)", state.step + 1, run.device.type)
         return None
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), t.clip_norm or float("inf"))
@@ -330,6 +336,11 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
     state.step += 1
     state.bad_steps = 0
     return loss_sum
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """CUDA's out-of-memory error, or the CPU allocator's (a plain RuntimeError)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def autocast(run: Run):
