@@ -2,9 +2,11 @@
 
 Times `mt.translate.translate_lines` (encode, batched search, detokenize) after the model is
 loaded and warmed up; prints sentences/s, target tokens/s and wall seconds per setting, and
-BLEU when a reference is given. The last line printed is one JSON object.
+BLEU when a reference is given. With --unbatched it also searches every sentence alone (a
+batch of one) and reports how many output lines differ from the batched search, and that
+search's BLEU. The last line printed is one JSON object.
 
-    python scripts/bench_decode.py --run-dir runs/multi30k_de_en --src test.de [--ref test.en] [--beams 1 5]
+    python scripts/bench_decode.py --run-dir runs/multi30k_de_en --src test.de [--ref test.en] [--beams 1 5] [--unbatched]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the fastest counts")
+    parser.add_argument("--unbatched", action="store_true", help="also search each sentence alone and compare")
     args = parser.parse_args()
     loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
     sources = read_lines(args.src)
@@ -53,6 +56,15 @@ def main() -> None:
                "trg_tokens_per_s": round(tokens / best), "bleu": score(hyps, refs, "bench")["bleu"] if refs else None}
         print(f"beam {beam}: {run['seconds']:.3f} s, {run['sentences_per_s']:,.1f} sentences/s, "
               f"{run['trg_tokens_per_s']:,} target tokens/s" + (f", BLEU {run['bleu']:.2f}" if refs else ""))
+        if args.unbatched:  # batch_tokens 1: every sentence is a batch of its own
+            start = time.perf_counter()
+            alone = translate_lines(loaded, sources, beam=beam, batch_tokens=1)
+            run["unbatched_seconds"] = round(time.perf_counter() - start, 3)
+            run["lines_differing_from_unbatched"] = sum(a != b for a, b in zip(alone, hyps))
+            run["unbatched_bleu"] = score(alone, refs, "bench")["bleu"] if refs else None
+            print(f"  alone, one sentence per batch: {run['unbatched_seconds']:.3f} s, "
+                  f"{run['lines_differing_from_unbatched']} of {len(sources)} lines differ"
+                  + (f", BLEU {run['unbatched_bleu']:.2f}" if refs else ""))
         result["runs"].append(run)
     print(json.dumps(result))
 

@@ -54,6 +54,23 @@ def test_beam_5_scores_at_least_greedy(loaded, sources):
         assert [h.normalized for h in hyps] == sorted((h.normalized for h in hyps), reverse=True)
 
 
+def test_batched_search_equals_one_sentence_at_a_time(loaded, sources):
+    """Padding, per-sentence length limits and finished sentences leaving the batch change
+    nothing: each sentence gets the hypotheses (all five of its 5-best) and scores that it
+    gets when searched alone."""
+    src = batch_of(loaded, sources)
+    batched_greedy = greedy_search(loaded.model, src, 1.5, 5)
+    batched_beam = beam_search(loaded.model, src, 5, 1.0, 1.5, 5, nbest=5)
+    for k, line in enumerate(sources):
+        alone = batch_of(loaded, [line])
+        [greedy] = greedy_search(loaded.model, alone, 1.5, 5)
+        [beam] = beam_search(loaded.model, alone, 5, 1.0, 1.5, 5, nbest=5)
+        assert greedy.tokens == batched_greedy[k].tokens
+        assert abs(greedy.score - batched_greedy[k].score) < 1e-4
+        assert [h.tokens for h in beam] == [h.tokens for h in batched_beam[k]]
+        assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(beam, batched_beam[k]))
+
+
 def test_cached_search_equals_full_prefix_decoding(loaded, sources):
     """Greedy on the cache == greedy that re-runs the decoder over the whole prefix each step."""
     model = loaded.model
