@@ -36,10 +36,15 @@ class LayerCache:
     cross_v: Tensor
 
 
-def reorder_cache(cache: list[LayerCache], index: Tensor) -> list[LayerCache]:
-    """Select rows of every cached tensor (beam search follows the surviving hypotheses)."""
-    return [LayerCache(*(t.index_select(0, index) for t in (c.self_k, c.self_v, c.cross_k, c.cross_v)))
-            for c in cache]
+def reorder_cache(cache: list[LayerCache], index: Tensor, cross_index: Optional[Tensor] = None) -> list[LayerCache]:
+    """The cache's rows after a search step: self-attention rows selected by `index`,
+    cross-attention rows by `cross_index`. None leaves the cross-attention rows as they are:
+    beam search moving beams between the rows of one sentence, which share the encoder output."""
+    def cross(t: Tensor) -> Tensor:
+        return t if cross_index is None else t.index_select(0, cross_index)
+
+    return [LayerCache(c.self_k.index_select(0, index), c.self_v.index_select(0, index), cross(c.cross_k),
+                       cross(c.cross_v)) for c in cache]
 
 
 def attention_backends():

@@ -9,6 +9,10 @@ search ranks finished hypotheses by `score / lp(length)`, GNMT's length penalty
 lp(n) = ((5 + n) / 6) ** alpha, where n counts EOS; alpha = 0 ranks by raw score.
 
 Beam 1 takes the same argmax at each step as greedy search, so it returns the same output.
+
+On a GPU the search loop is bound by the host, not the device, so each step asks the device
+for as little as it can: one transfer of what finished, length limits known on the host, and
+no per-element `.item()` reads.
 """
 
 from __future__ import annotations
@@ -55,13 +59,11 @@ def _forbid_specials(log_probs: Tensor) -> Tensor:
 
 
 def _force_eos(log_probs: Tensor, at_limit: Tensor) -> Tensor:
-    """Rows that reached their length limit can only end."""
-    if at_limit.any():
-        eos = log_probs[at_limit][:, EOS_ID]
-        log_probs[at_limit] = -float("inf")
-        # ending must stay possible even when the model gives EOS no probability at all
-        log_probs[at_limit.nonzero()[:, 0], EOS_ID] = eos.clamp(min=-1e9)
-    return log_probs
+    """Rows that reached their length limit can only end (no host sync: `where`, not indexing)."""
+    forced = torch.full_like(log_probs, -float("inf"))
+    # ending must stay possible even when the model gives EOS no probability at all
+    forced[:, EOS_ID] = log_probs[:, EOS_ID].clamp(min=-1e9)
+    return torch.where(at_limit[:, None], forced, log_probs)
 
 
 def _cross_attention(weights: AttentionWeights) -> Tensor:
@@ -80,6 +82,7 @@ def greedy_search(model: Transformer, src_ids: Tensor, max_len_a: float, max_len
     encoder_out, src_mask = model.encode(src_ids)
     cache = model.start_cache(encoder_out)
     limits = max_output_lengths(src_ids, max_len_a, max_len_b, model.max_len)
+    limit_steps = set(limits.tolist())  # the steps at which some sentence must end
     weights = AttentionWeights() if record_attention else None
     rows = torch.arange(batch, device=src_ids.device)  # which sentence each live row is
     last = torch.full((batch,), BOS_ID, dtype=torch.long, device=src_ids.device)
@@ -87,25 +90,29 @@ def greedy_search(model: Transformer, src_ids: Tensor, max_len_a: float, max_len
     scores = torch.zeros(batch, device=src_ids.device)
     attention = [] if record_attention else None
     results: list[Optional[Hypothesis]] = [None] * batch
-    for step in range(int(limits.max()) + 1):
+    for step in range(max(limit_steps) + 1):
         log_probs, cache = model.decode_step(last, src_mask, cache, weights)
-        log_probs = _force_eos(_forbid_specials(log_probs), limits[rows] == step)
+        log_probs = _forbid_specials(log_probs)
+        if step in limit_steps:
+            log_probs = _force_eos(log_probs, limits[rows] == step)
         best, last = log_probs.max(dim=-1)
         tokens, scores = torch.cat([tokens, last[:, None]], dim=1), scores + best
         if record_attention:
             attention.append(_cross_attention(weights))
         done = last == EOS_ID
-        if not done.any():
+        if not done.any():  # the step's one host sync
             continue
-        for row in done.nonzero()[:, 0].tolist():
+        ended = done.nonzero()[:, 0]
+        # one transfer for every sentence that ended at this step
+        for row, sentence, ids, score in zip(ended.tolist(), rows[ended].tolist(), tokens[ended, :-1].tolist(),
+                                             scores[ended].tolist()):
             attn = torch.stack([a[row] for a in attention], dim=2).cpu() if record_attention else None
-            score = float(scores[row])
-            results[int(rows[row])] = Hypothesis(tokens[row, :-1].tolist(), score, score, attn)
+            results[sentence] = Hypothesis(ids, score, score, attn)
         keep = (~done).nonzero()[:, 0]
         if keep.numel() == 0:
             break
         rows, last, tokens, scores = rows[keep], last[keep], tokens[keep], scores[keep]
-        src_mask, cache = src_mask[keep], reorder_cache(cache, keep)
+        src_mask, cache = src_mask[keep], reorder_cache(cache, keep, keep)
         if record_attention:
             attention = [a[keep] for a in attention]
     return results
@@ -128,10 +135,13 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
     src_mask = src_mask[expand]
     cache = model.start_cache(encoder_out[expand])
     limits = max_output_lengths(src_ids, max_len_a, max_len_b, model.max_len)
+    limits_host = limits.tolist()
+    limit_steps = set(limits_host)  # the steps at which some sentence must end
     best_lp = length_penalty(limits.float() + 1, alpha)  # the largest penalty a sentence can get
     weights = AttentionWeights() if record_attention else None
 
     sentences = torch.arange(batch, device=device)  # which sentence each live group of rows is
+    sentences_host = list(range(batch))
     tokens = src_ids.new_zeros(batch * beam, 0)
     scores = torch.full((batch, beam), -float("inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: let only the first one expand at step 0
@@ -139,11 +149,12 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
     attention = src_ids.new_zeros(batch * beam, 0).float() if record_attention else None
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
-    for step in range(int(limits.max()) + 1):
-        live = sentences.numel()
+    for step in range(max(limit_steps) + 1):
+        live = len(sentences_host)
         log_probs, cache = model.decode_step(last, src_mask, cache, weights)
-        at_limit = (limits[sentences] == step).repeat_interleave(beam)
-        log_probs = _force_eos(_forbid_specials(log_probs), at_limit)
+        log_probs = _forbid_specials(log_probs)
+        if step in limit_steps:
+            log_probs = _force_eos(log_probs, (limits[sentences] == step).repeat_interleave(beam))
         vocab = log_probs.size(-1)
         candidates = (scores[:, :, None] + log_probs.view(live, beam, vocab)).view(live, beam * vocab)
         top_scores, top_index = candidates.topk(2 * beam, dim=1)  # at most `beam` of them end in EOS
@@ -156,13 +167,16 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
         # finished: EOS among the `beam` best candidates, with a finite score
         ends = (top_token == EOS_ID) & torch.isfinite(top_scores)
         ends[:, beam:] = False
-        for group, k in ends.nonzero().tolist():
-            row = group * beam + int(top_beam[group, k])
-            score = float(top_scores[group, k])
+        groups, ks = ends.nonzero().unbind(1)  # the step's host sync
+        if groups.numel():
+            ended_rows = groups * beam + top_beam[groups, ks]
             n = tokens.size(1) + 1
-            attn = attention[row].cpu() if record_attention else None
-            finished[int(sentences[group])].append(
-                Hypothesis(tokens[row].tolist(), score, score / length_penalty(n, alpha), attn))
+            # one transfer each for every hypothesis that ended at this step
+            for group, row, ids, score in zip(groups.tolist(), ended_rows.tolist(), tokens[ended_rows].tolist(),
+                                              top_scores[groups, ks].tolist()):
+                attn = attention[row].cpu() if record_attention else None
+                finished[sentences_host[group]].append(
+                    Hypothesis(ids, score, score / length_penalty(n, alpha), attn))
 
         # the next live beams: the best `beam` candidates that do not end
         rank = torch.arange(2 * beam, device=device).expand(live, -1)
@@ -172,18 +186,22 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
         last = top_token.gather(1, order).view(-1)
         source_rows = (torch.arange(live, device=device)[:, None] * beam + next_beam).view(-1)
 
-        done = _sentences_done(finished, sentences, scores, best_lp, beam, nbest, limits, step)
-        keep_groups = (~done).nonzero()[:, 0]
-        if keep_groups.numel() == 0:
+        bounds = (scores.max(dim=1).values / best_lp[sentences]).tolist()
+        keep = [g for g in range(live) if not _sentence_done(finished[sentences_host[g]], bounds[g], beam, nbest,
+                                                             step >= limits_host[sentences_host[g]])]
+        if not keep:
             break
-        if keep_groups.numel() < live:  # drop finished sentences' rows
-            keep_rows = (keep_groups[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+        cross_rows = None  # beams only moved within their sentences: the encoder rows stay
+        if len(keep) < live:  # drop finished sentences' rows
+            keep_groups = torch.tensor(keep, device=device)
+            cross_rows = (keep_groups[:, None] * beam + torch.arange(beam, device=device)).view(-1)
             source_rows = source_rows.view(live, beam)[keep_groups].view(-1)
             last = last.view(live, beam)[keep_groups].view(-1)
             scores, sentences = scores[keep_groups], sentences[keep_groups]
-            src_mask = src_mask[keep_rows]
+            sentences_host = [sentences_host[g] for g in keep]
+            src_mask = src_mask[cross_rows]
         tokens = torch.cat([tokens[source_rows], last[:, None]], dim=1)
-        cache = reorder_cache(cache, source_rows)
+        cache = reorder_cache(cache, source_rows, cross_rows)
         if record_attention:
             attention = attention[source_rows]
 
@@ -194,18 +212,15 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
     return [hyps[:nbest] for hyps in finished]
 
 
-def _sentences_done(finished: list[list[Hypothesis]], sentences: Tensor, scores: Tensor, best_lp: Tensor,
-                    beam: int, nbest: int, limits: Tensor, step: int) -> Tensor:
-    """Per live sentence: True when no live beam can still change its n-best list."""
-    done = torch.zeros(sentences.numel(), dtype=torch.bool)
-    # a live beam's score only falls as it grows; the most it can reach, normalized, is
-    # its score now over the largest length penalty this sentence allows
-    bound = (scores.max(dim=1).values / best_lp[sentences]).tolist()
-    for group, sentence in enumerate(sentences.tolist()):
-        hyps = finished[sentence]
-        if len(hyps) >= beam or step >= int(limits[sentence]):
-            done[group] = True
-        elif len(hyps) >= nbest:
-            worst_kept = sorted((h.normalized for h in hyps), reverse=True)[nbest - 1]
-            done[group] = bound[group] <= worst_kept
-    return done.to(sentences.device)
+def _sentence_done(hyps: list[Hypothesis], bound: float, beam: int, nbest: int, at_limit: bool) -> bool:
+    """True when no live beam can still change this sentence's n-best list.
+
+    `bound` is the most a live beam can still reach, normalized: a live beam's score only falls
+    as it grows, so the most is its score now over the largest length penalty the sentence allows.
+    """
+    if len(hyps) >= beam or at_limit:
+        return True
+    if len(hyps) < nbest:
+        return False
+    worst_kept = sorted((h.normalized for h in hyps), reverse=True)[nbest - 1]
+    return bound <= worst_kept
