@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting; the fastest counts")
     parser.add_argument("--unbatched", action="store_true", help="also search each sentence alone and compare")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one pass: operator calls, scalar reads from the device, top operators")
     args = parser.parse_args()
     loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
     sources = read_lines(args.src)
@@ -65,8 +67,26 @@ def main() -> None:
             print(f"  alone, one sentence per batch: {run['unbatched_seconds']:.3f} s, "
                   f"{run['lines_differing_from_unbatched']} of {len(sources)} lines differ"
                   + (f", BLEU {run['unbatched_bleu']:.2f}" if refs else ""))
+        if args.profile:
+            run.update(profile_pass(loaded, sources, beam, batch_tokens))
         result["runs"].append(run)
     print(json.dumps(result))
+
+
+def profile_pass(loaded, sources: list[str], beam: int, batch_tokens: int) -> dict:
+    """One pass under torch.profiler. On a GPU the search is host-bound, so the number of
+    operator calls and of scalar reads (each one a device-to-host copy and a sync) is what
+    costs; on a CPU these counts are the same as on a GPU for the same input."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loaded.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    counts = {e.key: e.count for e in events}
+    return {"operator_calls": sum(n for key, n in counts.items() if key.startswith("aten::")),
+            "scalar_reads": counts.get("aten::_local_scalar_dense", 0)}
 
 
 if __name__ == "__main__":
