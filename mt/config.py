@@ -125,7 +125,7 @@ class TrainingConfig:
     save_every: int = _positive(1000)  # steps
     keep_checkpoints: int = _positive(5)
     log_every: int = _positive(100)
-    max_bad_steps: int = _positive(10)  # consecutive NaN/inf losses before training stops
+    max_bad_steps: int = _positive(10)  # NaN/inf losses, or batches too big for memory, in a row before training stops
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

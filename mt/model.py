@@ -36,10 +36,11 @@ class LayerCache:
     cross_v: Tensor
 
 
-def reorder_cache(cache: list[LayerCache], index: Tensor, cross_index: Optional[Tensor] = None) -> list[LayerCache]:
+def reorder_cache(cache: list[LayerCache], index: Tensor, *, cross_index: Optional[Tensor]) -> list[LayerCache]:
     """The cache's rows after a search step: self-attention rows selected by `index`,
-    cross-attention rows by `cross_index`. None leaves the cross-attention rows as they are:
-    beam search moving beams between the rows of one sentence, which share the encoder output."""
+    cross-attention rows by `cross_index`. `cross_index=None` leaves the cross-attention rows
+    as they are: beam search moving beams between the rows of one sentence, which share the
+    encoder output, need not copy it."""
     def cross(t: Tensor) -> Tensor:
         return t if cross_index is None else t.index_select(0, cross_index)
 

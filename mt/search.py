@@ -10,9 +10,10 @@ lp(n) = ((5 + n) / 6) ** alpha, where n counts EOS; alpha = 0 ranks by raw score
 
 Beam 1 takes the same argmax at each step as greedy search, so it returns the same output.
 
-On a GPU the search loop is bound by the host, not the device, so each step asks the device
-for as little as it can: one transfer of what finished, length limits known on the host, and
-no per-element `.item()` reads.
+On a GPU the search loop is bound by the host, not the device, so each step waits for the
+device as little as it can: length limits are known on the host, what finished at a step
+comes over in one transfer per field (not one `.item()` per hypothesis), and beam search reads
+its live scores only when some sentence has enough finished hypotheses to need them.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def greedy_search(model: Transformer, src_ids: Tensor, max_len_a: float, max_len
         if keep.numel() == 0:
             break
         rows, last, tokens, scores = rows[keep], last[keep], tokens[keep], scores[keep]
-        src_mask, cache = src_mask[keep], reorder_cache(cache, keep, keep)
+        src_mask, cache = src_mask[keep], reorder_cache(cache, keep, cross_index=keep)
         if record_attention:
             attention = [a[keep] for a in attention]
     return results
@@ -186,9 +187,12 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
         last = top_token.gather(1, order).view(-1)
         source_rows = (torch.arange(live, device=device)[:, None] * beam + next_beam).view(-1)
 
-        bounds = (scores.max(dim=1).values / best_lp[sentences]).tolist()
-        keep = [g for g in range(live) if not _sentence_done(finished[sentences_host[g]], bounds[g], beam, nbest,
-                                                             step >= limits_host[sentences_host[g]])]
+        bounds = None  # only a sentence with nbest finished hypotheses needs its live scores
+        if any(len(finished[sentence]) >= nbest for sentence in sentences_host):
+            bounds = (scores.max(dim=1).values / best_lp[sentences]).tolist()
+        keep = [g for g, sentence in enumerate(sentences_host)
+                if not _sentence_done(finished[sentence], None if bounds is None else bounds[g], beam, nbest,
+                                      step >= limits_host[sentence])]
         if not keep:
             break
         cross_rows = None  # beams only moved within their sentences: the encoder rows stay
@@ -201,7 +205,7 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
             sentences_host = [sentences_host[g] for g in keep]
             src_mask = src_mask[cross_rows]
         tokens = torch.cat([tokens[source_rows], last[:, None]], dim=1)
-        cache = reorder_cache(cache, source_rows, cross_rows)
+        cache = reorder_cache(cache, source_rows, cross_index=cross_rows)
         if record_attention:
             attention = attention[source_rows]
 
@@ -212,7 +216,7 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
     return [hyps[:nbest] for hyps in finished]
 
 
-def _sentence_done(hyps: list[Hypothesis], bound: float, beam: int, nbest: int, at_limit: bool) -> bool:
+def _sentence_done(hyps: list[Hypothesis], bound: Optional[float], beam: int, nbest: int, at_limit: bool) -> bool:
     """True when no live beam can still change this sentence's n-best list.
 
     `bound` is the most a live beam can still reach, normalized: a live beam's score only falls

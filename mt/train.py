@@ -56,6 +56,7 @@ class State:
     best: Optional[float] = None  # best validation metric so far
     bad_validations: int = 0  # validations in a row without improvement
     bad_steps: int = 0  # consecutive non-finite losses
+    memory_skips: int = 0  # consecutive updates whose batch did not fit in memory
     skipped_steps: int = 0  # non-finite or out-of-memory updates skipped in total
 
 
@@ -298,6 +299,7 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
     # gradient is the same whether the batches ran here one after another or on other ranks
     total_tokens = run.dist.sum(sum(b.trg_tokens for b in batches))
     loss_sum = torch.zeros((), device=run.device)
+    out_of_memory = None
     try:
         for i, batch in enumerate(batches):
             batch = batch.to(run.device)
@@ -309,16 +311,11 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
-        if run.dist.world > 1:  # the other ranks already wait in the all-reduce: skipping alone would hang
-            raise MtError(f"step {state.step + 1}: a batch did not fit in {run.device.type} memory on rank "
-                          f"{run.dist.rank}; lower training.batch_tokens and run again to resume") from None
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.device.type == "cuda":
-            torch.cuda.empty_cache()
-        state.skipped_steps += 1
-        log.warning("step %d: a batch did not fit in %s memory; skipped it (lower training.batch_tokens "
-                    "if this repeats)", state.step + 1, run.device.type)
+        out_of_memory = str(error).splitlines()[0]
+    if out_of_memory:  # outside `except`: its traceback no longer holds the batch's activations
+        skip_out_of_memory_update(run, state, out_of_memory)
         return None
+    state.memory_skips = 0
     run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), t.clip_norm or float("inf"))
     if not torch.isfinite(norm).item():  # the one host sync of the step
@@ -336,6 +333,23 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
     state.step += 1
     state.bad_steps = 0
     return loss_sum
+
+
+def skip_out_of_memory_update(run: Run, state: State, message: str) -> None:
+    """Drop the update whose batch did not fit; stop after training.max_bad_steps in a row."""
+    where = f"step {state.step + 1}: a batch did not fit in {run.device.type} memory"
+    if run.dist.world > 1:  # the other ranks already wait in the all-reduce: skipping alone would hang
+        raise MtError(f"{where} on rank {run.dist.rank} ({message}); lower training.batch_tokens and "
+                      f"run again to resume")
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    state.skipped_steps += 1
+    state.memory_skips += 1
+    if state.memory_skips >= run.cfg.training.max_bad_steps:
+        raise MtError(f"training stopped: {state.memory_skips} updates in a row did not fit in "
+                      f"{run.device.type} memory (training.max_bad_steps); lower training.batch_tokens")
+    log.warning("%s; skipped it (lower training.batch_tokens if this repeats): %s", where, message)
 
 
 def is_out_of_memory(error: RuntimeError) -> bool:

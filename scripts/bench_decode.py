@@ -74,9 +74,10 @@ def main() -> None:
 
 
 def profile_pass(loaded, sources: list[str], beam: int, batch_tokens: int) -> dict:
-    """One pass under torch.profiler. On a GPU the search is host-bound, so the number of
-    operator calls and of scalar reads (each one a device-to-host copy and a sync) is what
-    costs; on a CPU these counts are the same as on a GPU for the same input."""
+    """One pass under torch.profiler. On a GPU the search is host-bound: what costs is the
+    number of operator calls, and every read that waits for the device. Counted here: operator
+    calls, `.item()`-style scalar reads, and `nonzero` calls (both wait for the device; so do
+    `.tolist()` transfers, which the CPU profiler cannot see)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loaded.device.type == "cuda" else [])
@@ -86,7 +87,7 @@ def profile_pass(loaded, sources: list[str], beam: int, batch_tokens: int) -> di
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
     counts = {e.key: e.count for e in events}
     return {"operator_calls": sum(n for key, n in counts.items() if key.startswith("aten::")),
-            "scalar_reads": counts.get("aten::_local_scalar_dense", 0)}
+            "scalar_reads": counts.get("aten::_local_scalar_dense", 0), "nonzero_calls": counts.get("aten::nonzero", 0)}
 
 
 if __name__ == "__main__":
