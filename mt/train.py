@@ -237,7 +237,7 @@ def resume(run: Run) -> State:
 def loop(run: Run, state: State) -> State:
     t = run.cfg.training
     batches = run.stream(state.position)
-    bar = tqdm(total=t.max_steps or None, initial=state.step, disable=not run.is_main,
+    bar = tqdm(total=planned_steps(run), initial=state.step, disable=not run.is_main,
                dynamic_ncols=True, unit="step", desc="train")
     meter = Meter(run)
     start = time.monotonic()
@@ -259,6 +259,17 @@ def loop(run: Run, state: State) -> State:
     if run.stop_requested and run.is_main:
         log.info("%s: saved step %d; run `mt train` again to continue", run.stop_requested, state.step)
     return state
+
+
+def planned_steps(run: Run) -> Optional[int]:
+    """The step that training.max_steps or training.max_epochs stops at, whichever comes first:
+    the progress bar's total, so its ETA is to the configured stop (None: only max_minutes or
+    early stopping will end the run)."""
+    t = run.cfg.training
+    stops = [t.max_steps] if t.max_steps else []
+    if t.max_epochs:
+        stops.append(math.ceil(t.max_epochs * run.stream.batches_per_epoch() / t.update_freq))
+    return min(stops, default=None)
 
 
 def should_stop(run: Run, state: State, start: float) -> bool:

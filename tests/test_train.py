@@ -222,3 +222,13 @@ mt.cli.main()
     result = train_capped("--restart", "--set", "training.max_bad_steps=1")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "1 updates in a row did not fit in cpu memory" in result.stderr, result.stderr[-3000:]
+
+
+def test_the_progress_bar_counts_to_the_max_epochs_stop(tmp_path, small_data):
+    """With only training.max_epochs set, the bar's total (and so its ETA) is that stop's step."""
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=0,
+                        training__max_epochs=2, **TINY)
+    result = run_mt("train", "--config", str(config))
+    per_epoch = int(re.search(r"(\d+) batches per epoch", result.stderr).group(1))
+    assert f"| {2 * per_epoch}/{2 * per_epoch} [" in result.stderr
+    assert (tmp_path / f"run/checkpoints/step_{2 * per_epoch:07d}.pt").is_file()
