@@ -78,6 +78,7 @@ class Run:
     dist: distributed.Context
     metrics: list[dict] = field(default_factory=list)
     stop_requested: Optional[str] = None  # the signal's name, once one arrived
+    failed: Optional[str] = None  # why training cannot go on (memory); raised once the step is saved
     saved_step: int = -1  # the step of the newest step checkpoint
     dev: Optional[dict] = None  # the dev set, read at the first validation
 
@@ -223,6 +224,10 @@ def resume(run: Run) -> State:
     run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_states(ckpt["rng"][run.dist.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
     state = State(**{**ckpt["state"], "position": Position(**ckpt["state"]["position"])})
+    t = run.cfg.training
+    if state.memory_skips >= t.max_bad_steps:
+        # saved when training stopped for them: a run with a smaller batch gets a fresh count
+        state.memory_skips = 0
     run.saved_step = state.step
     run.metrics = [m for m in run.metrics if m.get("step", 0) <= state.step]
     if run.is_main:
@@ -255,7 +260,9 @@ def loop(run: Run, state: State) -> State:
         maybe_save(run, state)
     bar.close()
     if state.step and run.saved_step != state.step:
-        save(run, state)
+        save(run, state)  # after out-of-memory skips too: they left the parameters as they were
+    if run.failed:
+        raise MtError(run.failed)
     if run.stop_requested and run.is_main:
         log.info("%s: saved step %d; run `mt train` again to continue", run.stop_requested, state.step)
     return state
@@ -275,8 +282,8 @@ def planned_steps(run: Run) -> Optional[int]:
 def should_stop(run: Run, state: State, start: float) -> bool:
     t = run.cfg.training
     reason = None
-    if run.stop_requested:
-        reason = run.stop_requested
+    if run.stop_requested or run.failed:
+        reason = run.stop_requested or run.failed
     elif t.max_steps and state.step >= t.max_steps:
         reason = f"reached training.max_steps ({t.max_steps})"
     elif t.max_epochs and state.position.epoch > t.max_epochs:
@@ -289,9 +296,11 @@ def should_stop(run: Run, state: State, start: float) -> bool:
     elif t.early_stopping.patience and state.bad_validations >= t.early_stopping.patience:
         reason = f"early stopping: no better dev {t.early_stopping.metric} in {state.bad_validations} validations"
     elif state.bad_steps >= t.max_bad_steps:
+        # not saved: the updates before the blow-up may already have spoilt the weights, and a
+        # new checkpoint would push out an older, good one
         raise MtError(f"training stopped: the loss was NaN or inf in {state.bad_steps} updates in a row "
                       f"(training.max_bad_steps); the last good checkpoint is kept. Try a lower training.lr")
-    if reason and run.is_main and not run.stop_requested:
+    if reason and run.is_main and not run.stop_requested and not run.failed:
         log.info("stopping: %s", reason)
     return reason is not None
 
@@ -306,24 +315,14 @@ def token_loss(model: torch.nn.Module, batch: Batch, label_smoothing: float) -> 
 def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.Tensor]:
     """One optimizer update over `update_freq` batches; returns the summed loss (on device)."""
     t = run.cfg.training
-    # normalise by the target tokens of the whole update, summed over processes, so the
-    # gradient is the same whether the batches ran here one after another or on other ranks
-    total_tokens = run.dist.sum(sum(b.trg_tokens for b in batches))
-    loss_sum = torch.zeros((), device=run.device)
-    out_of_memory = None
     try:
-        for i, batch in enumerate(batches):
-            batch = batch.to(run.device)
-            sync = run.dist.no_sync(run.model) if i < len(batches) - 1 else nullcontext()
-            with sync, autocast(run), attention_backends():
-                loss = token_loss(run.model, batch, t.label_smoothing)
-            run.scaler.scale(loss * (run.dist.world / total_tokens)).backward()
-            loss_sum += loss.detach()
+        loss_sum = accumulate_gradients(run, batches)
+        out_of_memory = None
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
         out_of_memory = str(error).splitlines()[0]
-    if out_of_memory:  # outside `except`: its traceback no longer holds the batch's activations
+    if out_of_memory:  # after `except`: its traceback no longer holds the batch's activations
         skip_out_of_memory_update(run, state, out_of_memory)
         return None
     state.memory_skips = 0
@@ -346,6 +345,22 @@ def train_step(run: Run, state: State, batches: list[Batch]) -> Optional[torch.T
     return loss_sum
 
 
+def accumulate_gradients(run: Run, batches: list[Batch]) -> torch.Tensor:
+    """Forward and backward over the update's batches; returns their summed loss (on device)."""
+    # normalise by the target tokens of the whole update, summed over processes, so the
+    # gradient is the same whether the batches ran here one after another or on other ranks
+    total_tokens = run.dist.sum(sum(b.trg_tokens for b in batches))
+    loss_sum = torch.zeros((), device=run.device)
+    for i, batch in enumerate(batches):
+        batch = batch.to(run.device)
+        sync = run.dist.no_sync(run.model) if i < len(batches) - 1 else nullcontext()
+        with sync, autocast(run), attention_backends():
+            loss = token_loss(run.model, batch, run.cfg.training.label_smoothing)
+        run.scaler.scale(loss * (run.dist.world / total_tokens)).backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
 def skip_out_of_memory_update(run: Run, state: State, message: str) -> None:
     """Drop the update whose batch did not fit; stop after training.max_bad_steps in a row."""
     where = f"step {state.step + 1}: a batch did not fit in {run.device.type} memory"
@@ -358,8 +373,11 @@ def skip_out_of_memory_update(run: Run, state: State, message: str) -> None:
     state.skipped_steps += 1
     state.memory_skips += 1
     if state.memory_skips >= run.cfg.training.max_bad_steps:
-        raise MtError(f"training stopped: {state.memory_skips} updates in a row did not fit in "
-                      f"{run.device.type} memory (training.max_bad_steps); lower training.batch_tokens")
+        saved = f"step {state.step} is saved" if state.step else "no step was done"
+        run.failed = (f"training stopped: {state.memory_skips} updates in a row did not fit in "
+                      f"{run.device.type} memory (training.max_bad_steps); {saved}. "
+                      f"Lower training.batch_tokens and run again to continue")
+        return
     log.warning("%s; skipped it (lower training.batch_tokens if this repeats): %s", where, message)
 
 

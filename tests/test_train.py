@@ -222,6 +222,12 @@ mt.cli.main()
     result = train_capped("--restart", "--set", "training.max_bad_steps=1")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "1 updates in a row did not fit in cpu memory" in result.stderr, result.stderr[-3000:]
+    # the steps done before it are saved, and the next run continues from them
+    stopped_at = int(re.search(r"memory \(training.max_bad_steps\); step (\d+) is saved", result.stderr).group(1))
+    assert (tmp_path / f"run/checkpoints/step_{stopped_at:07d}.pt").is_file()
+    result = train_capped()
+    assert result.returncode == 0 and f"step {stopped_at}," in result.stderr and "resuming" in result.stderr
+    assert (tmp_path / f"run/checkpoints/step_{steps:07d}.pt").is_file()
 
 
 def test_the_progress_bar_counts_to_the_max_epochs_stop(tmp_path, small_data):
