@@ -136,7 +136,11 @@ def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: st
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
     check_identity(state, tokenizer, path)
     model = build_model(cfg, tokenizer)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # names or shapes differ from the model its own config describes
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise MtError(f"{path}: its weights do not fit the model its config describes ({first})") from None
     torch_device = resolve_device(device)
     model.to(torch_device).eval()
     log.info("loaded %s (step %s) on %s", path, state.get("step", "?"), torch_device)

@@ -33,9 +33,11 @@ CheckpointOpt = Annotated[
     str, typer.Option("--checkpoint", help="best, last, averaged, or a checkpoint file path.")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
-BeamOpt = Annotated[Optional[int], typer.Option("--beam", "-b", help="Beam size (1 = greedy); default: decoding.beam.")]
+BeamOpt = Annotated[
+    Optional[int], typer.Option("--beam", "-b", min=1, help="Beam size (1 = greedy); default: decoding.beam.")
+]
 BatchTokensOpt = Annotated[
-    Optional[int], typer.Option("--batch-tokens", help="Source tokens per batch; default: decoding.batch_tokens.")
+    Optional[int], typer.Option("--batch-tokens", min=1, help="Source tokens per batch; default: decoding.batch_tokens.")
 ]
 
 
@@ -79,8 +81,11 @@ def prepare(
 ) -> None:
     """Fetch and check the corpus, train SentencePiece, encode train/dev into the run's cache."""
     from mt.prepare import prepare as run_prepare
+    from mt.train import check_run_dir
 
-    run_prepare(_load(config, set_), force=force)
+    cfg = _load(config, set_)
+    check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
+    run_prepare(cfg, force=force)
 
 
 @app.command()
@@ -101,7 +106,7 @@ def translate(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",
     beam: BeamOpt = None,
-    nbest: Annotated[int, typer.Option("--nbest", help="Print the N best translations per line: 'index ||| translation ||| score'.")] = 1,
+    nbest: Annotated[int, typer.Option("--nbest", min=1, help="Print the N best translations per line: 'index ||| translation ||| score'.")] = 1,
     batch_tokens: BatchTokensOpt = None,
     device: DeviceOpt = "auto",
     alignments: Annotated[bool, typer.Option("--alignments", help="Append a tab and i-j word alignments from cross-attention.")] = False,
@@ -109,10 +114,14 @@ def translate(
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
 
-    translate_stream(
-        run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
-        batch_tokens=batch_tokens, device=device, alignments=alignments,
-    )
+    try:
+        translate_stream(
+            run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
+            batch_tokens=batch_tokens, device=device, alignments=alignments,
+        )
+    except BrokenPipeError:  # `mt translate | head`: the reader left; exit quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 @app.command("eval")
@@ -141,7 +150,7 @@ def eval_cmd(
 @app.command()
 def average(
     run_dir: RunDirOpt,
-    last: Annotated[int, typer.Option("--last", help="How many of the newest checkpoints to average.")] = 5,
+    last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest checkpoints to average.")] = 5,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/checkpoints/averaged.pt")] = None,
 ) -> None:
     """Average the parameters of the last M checkpoints into one that translate and eval accept."""
@@ -165,9 +174,10 @@ def attention(
     device: DeviceOpt = "auto",
 ) -> None:
     """Draw attention heatmaps (cross-attention by default) for translated sentences."""
+    from mt.files import decode_stdin_lines
     from mt.plot import attention_command
 
-    lines = [text] if text is not None else sys.stdin.read().splitlines()
+    lines = [text] if text is not None else decode_stdin_lines(sys.stdin.buffer.read())
     for path in attention_command(
         run_dir, lines, output, checkpoint=checkpoint, beam=beam, layer=layer, head=head,
         kind=kind, as_json=json_out, device=device,
@@ -198,7 +208,9 @@ def main() -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except BrokenPipeError:
-        # `mt translate | head`: the reader left; exit quietly as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+    except OSError as e:  # a path the user gave that cannot be read or written
+        if _verbose():
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)

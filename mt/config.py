@@ -162,8 +162,9 @@ class _Where:
         self.overridden: set[str] = set()
 
     def __call__(self, key: str) -> str:
-        if key in self.overridden:
-            return f"--set {key}"
+        for given in sorted(self.overridden):  # the key itself, or a key under it, came from --set
+            if given == key or given.startswith(key + "."):
+                return f"--set {given}"
         probe = key
         while probe:  # a key without a line of its own reports its parent's
             if probe in self.lines:
@@ -188,7 +189,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 
 def _read_yaml(path: Path, where: _Where) -> dict:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
@@ -205,10 +209,14 @@ def _read_yaml(path: Path, where: _Where) -> dict:
 
 
 def _record_lines(node: yaml.Node, prefix: str, where: _Where) -> None:
+    """Remember each key's line; a key given twice is an error (YAML would keep the last silently)."""
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            where.lines[key] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if key in where.lines:
+                raise ConfigError(f"{where.source}:{line}: {key}: given twice (first on line {where.lines[key]})")
+            where.lines[key] = line
             _record_lines(value_node, key + ".", where)
 
 
@@ -332,6 +340,12 @@ def _check_consistency(cfg: Config, where: _Where) -> None:
                           f"({cfg.model.d_model}), got {cfg.model.heads}")
     if len(cfg.training.betas) != 2 or not all(0 <= b < 1 for b in cfg.training.betas):
         raise ConfigError(f"{where('training.betas')}: training.betas: expected two numbers in [0, 1)")
+    t = cfg.training
+    if not (t.max_steps or t.max_epochs or t.max_minutes):
+        raise ConfigError(f"{where('training.max_steps')}: training.max_steps, max_epochs and max_minutes are "
+                          "all 0: set at least one, or training would never end")
+    if not str(cfg.run_dir).strip():
+        raise ConfigError(f"{where('run_dir')}: run_dir: expected a folder path, got an empty one")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -357,6 +371,8 @@ def _check_files(cfg: Config, where: _Where) -> None:
     for key, pair in named:
         for side in ("src", "trg"):
             path = getattr(pair, side) if pair else None
+            if pair and not str(path or "").strip():
+                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: expected a file path, got an empty one")
             if path and not Path(path).is_file():
                 raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: no such file: {path}")
     if cfg.data.data_dir and not Path(cfg.data.data_dir).is_dir():

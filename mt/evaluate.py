@@ -29,6 +29,8 @@ def score(hyps: Sequence[str], refs: Sequence[str], name: str) -> dict:
     """BLEU and chrF of `hyps` against `refs`, with sacreBLEU's signatures."""
     if len(hyps) != len(refs):
         raise MtError(f"{name}: {len(hyps)} hypothesis lines but {len(refs)} reference lines")
+    if not refs:
+        raise MtError(f"{name}: no lines to score (the files are empty)")
     hyps, refs = [h.rstrip() for h in hyps], [r.rstrip() for r in refs]
     bleu, chrf = BLEU(), CHRF()
     return {"name": name, "lines": len(hyps),
@@ -47,6 +49,8 @@ def compare(hyp_paths: Sequence[Path], ref_path: Path) -> Iterator[dict]:
     with a 95% confidence interval, and for every system after the first its p-value against
     the first (the baseline)."""
     refs = [r.rstrip() for r in read_lines(ref_path)]
+    if not refs:
+        raise MtError(f"{ref_path}: no lines to score (the file is empty)")
     systems = []
     for path in hyp_paths:
         hyps = [h.rstrip() for h in read_lines(path)]
@@ -78,6 +82,9 @@ def evaluate_command(run_dir: Optional[Path], src: Optional[Path], ref: Optional
     if hyps:
         if ref is None:
             raise MtError("--hyp needs --ref: the reference translations to score against")
+        ignored = [name for name, given in (("--run-dir", run_dir), ("--src", src), ("--output", output)) if given]
+        if ignored:
+            raise MtError(f"{', '.join(ignored)}: not used with --hyp (finished outputs are scored as they are)")
         if len(hyps) > 1:
             for k, result in enumerate(compare(hyps, ref)):
                 yield json.dumps(result) if as_json else format_comparison(result, baseline=k == 0)
@@ -89,6 +96,8 @@ def evaluate_command(run_dir: Optional[Path], src: Optional[Path], ref: Optional
                       "alone for the config's test sets)")
     if (src is None) != (ref is None):
         raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
+    if output is not None and src is None:
+        raise MtError(f"--output goes with --src; the config's test sets are written to {Path(run_dir) / EVAL_DIR}")
     from mt.checkpoint import load_for_inference
     from mt.translate import translate_lines
 

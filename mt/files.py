@@ -90,6 +90,21 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     return lines
 
 
+def decode_stdin_lines(data: bytes) -> list[str]:
+    """Lines of stdin read whole, split on LF only (as `mt translate` splits them, so line
+    numbers agree), CR of CRLF dropped; invalid UTF-8 is an error naming the line."""
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()
+    lines = []
+    for number, line in enumerate(raw, start=1):
+        try:
+            lines.append(line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as e:
+            raise MtError(f"stdin:{number}: invalid UTF-8 at byte {e.start}") from None
+    return lines
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -110,6 +110,8 @@ def train(cfg: Config, device: str = "auto", restart: bool = False) -> Path:
     if run.is_main:
         finish(run)
     dist.close()
+    if run.stop_requested:  # saved, but not finished: exit as a signal-stopped program does (130, 143)
+        raise SystemExit(128 + signal.Signals[run.stop_requested].value)
     return run_dir
 
 

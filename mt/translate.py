@@ -108,19 +108,25 @@ def translate_lines(loaded: Loaded, lines: Sequence[str], beam: Optional[int] = 
                     batch_tokens: Optional[int] = None, alignments: bool = False,
                     first_line: int = 1) -> list[str]:
     """Detokenized output lines for `lines`: one per line, or `nbest` per line in Moses n-best
-    format (`index ||| translation ||| score`); with `alignments`, a tab and `i-j` pairs follow."""
+    format (`index ||| translation ||| score`); with `alignments`, `i-j` pairs follow after a tab
+    (one best) or as a fourth `|||` field (n-best)."""
     src_ids = fit_source(loaded, lines, first_line)
     results = translate_ids(loaded, src_ids, beam, nbest, batch_tokens, record_attention=alignments)
     out = []
     for k, result in enumerate(results):
         texts = loaded.tokenizer.decode_trg([h.tokens for h in result.hyps])
         for h, text in zip(result.hyps, texts):
+            links = ""
             if alignments:
                 from mt.align import word_alignment
 
                 pairs = word_alignment(loaded.tokenizer, result.src_ids, h) if h.tokens else []
-                text = f"{text}\t{' '.join(f'{i}-{j}' for i, j in pairs)}"
-            out.append(text if nbest == 1 else f"{first_line + k - 1} ||| {text} ||| {h.normalized:.4f}")
+                links = " ".join(f"{i}-{j}" for i, j in pairs)
+            if nbest == 1:
+                out.append(f"{text}\t{links}" if alignments else text)
+            else:  # alignments as a field of their own, after the score
+                line = f"{first_line + k - 1} ||| {text} ||| {h.normalized:.4f}"
+                out.append(f"{line} ||| {links}" if alignments else line)
     return out
 
 

@@ -163,6 +163,18 @@ def test_empty_lines_are_skipped_but_keep_their_number(toy_run, toy_lines, tmp_p
     assert written == [tmp_path / "0001.png", tmp_path / "0003.png"]
 
 
+def test_stdin_lines_are_numbered_as_translate_numbers_them(toy_run, toy_lines, tmp_path):
+    """Only LF ends a line (a form feed inside one does not), and invalid UTF-8 names its line."""
+    stdin = f"{toy_lines[0]}\x0c{toy_lines[1]}\r\n{toy_lines[2]}\n"
+    result = mt("attention", "--run-dir", str(toy_run), "--output", str(tmp_path / "a"), stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == ["0001.png", "0002.png"]
+    result = subprocess.run([sys.executable, "-m", "mt", "attention", "--run-dir", str(toy_run),
+                             "--output", str(tmp_path / "b")], input=b"dumi\n\xff\n", capture_output=True)
+    assert result.returncode == 1 and b"error: stdin:2: invalid UTF-8" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 def test_labels_draw_umlauts_and_the_word_marker(tmp_path):
     src, out = ["\u2581Mädchen", "\u2581Größe", "n", "</s>"], ["\u2581girl", "\u2581ÄÖÜß", "</s>"]
     sentence = SentenceAttention(1, "Mädchen Größen", "girl ÄÖÜß", src, out, ["<s>"] + out[:-1],

@@ -155,6 +155,32 @@ def test_bad_set_override_is_as_clear_as_a_bad_file(toy, override, expected):
     assert not toy.run_dir.exists()
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("trainig.lr=1", "--set trainig.lr: unknown key 'trainig' (did you mean 'training'?)"),
+    ("data.train.src=", "--set data.train.src: data.train.src: expected a file path, got an empty one"),
+    ("run_dir=", "--set run_dir: run_dir: expected a folder path, got an empty one"),
+    ("training.max_steps=0", "--set training.max_steps: training.max_steps, max_epochs and max_minutes are all 0"),
+], ids=["unknown-section", "empty-path", "empty-run-dir", "no-stop"])
+def test_set_mistakes_name_the_set_option(toy, override, expected):
+    result = toy.mt("config", "--set", override)
+    assert result.returncode == 2
+    assert error_line(result).startswith(expected)
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(toy):
+    toy.write_config(toy.config.read_text() + "tokenizer:\n  joint: false\n")  # line 9: tokenizer again
+    result = toy.mt("config")
+    assert result.returncode == 2
+    assert error_line(result) == f"{toy.config}:9: tokenizer: given twice (first on line 5)"
+
+
+def test_a_config_that_is_not_utf8_is_an_error(toy):
+    toy.config.write_bytes(toy.config.read_bytes().replace(b"lr:", b"l\xffr:"))
+    result = toy.mt("config")
+    assert result.returncode == 2
+    assert error_line(result).startswith(f"{toy.config}: not UTF-8 text (byte ")
+
+
 def test_exponent_without_a_dot_is_a_number(toy):
     # YAML 1.1 reads 5e-4 as a string; the config (line 8) and --set must both take it as 0.0005
     assert load_config(toy.config).training.lr == 5e-4

@@ -79,7 +79,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_d
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 128 + signal.SIGTERM, stderr  # saved, not finished: 143, as a shell reports it
     assert "SIGTERM: saved step" in stderr
     stopped_at = int(stderr.split("SIGTERM: saved step ")[1].split(";")[0])
     assert 0 < stopped_at < steps
@@ -150,6 +150,29 @@ def test_a_run_dir_of_another_model_config_is_refused(tmp_path, small_data):
     assert "Traceback" not in result.stderr
     assert "model" in result.stderr and "--restart" in result.stderr
     assert load_checkpoint(tmp_path / "run/checkpoints/step_0000005.pt")["config"]["model"]["d_model"] == 32
+
+
+def test_prepare_refuses_to_retokenize_a_trained_run(tmp_path, small_data):
+    """A new tokenizer would orphan the run's checkpoints: prepare refuses as train does."""
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2, **TINY)
+    run_mt("train", "--config", str(config))
+    before = {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())}
+    result = run_mt("prepare", "--config", str(config), "--set", "tokenizer.vocab_size=60", check=False)
+    assert result.returncode != 0 and "another tokenizer config" in result.stderr, result.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())} == before
+    run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")  # its checkpoints still load
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_an_error(tmp_path, small_data):
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2, **TINY)
+    run_mt("train", "--config", str(config))
+    state = load_checkpoint(tmp_path / "run/checkpoints/step_0000002.pt")
+    state["model"].pop(next(iter(state["model"])))
+    save_checkpoint(tmp_path / "edited.pt", state)
+    result = run_mt("translate", "--run-dir", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "edited.pt"),
+                    input="x\n", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {tmp_path / 'edited.pt'}: its weights do not fit the model" in result.stderr
 
 
 def test_a_loss_that_turns_nan_stops_training_with_the_last_good_checkpoint(tmp_path, small_data):

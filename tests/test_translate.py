@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import select
 import subprocess
 import sys
@@ -162,6 +163,47 @@ def test_nbest_prints_n_ranked_lines_per_input(toy_run, sources):
     rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
     assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1]
     assert float(rows[0][2]) >= float(rows[1][2]) >= float(rows[2][2])
+
+
+def test_nbest_with_alignments_puts_them_in_a_field_of_their_own(toy_run, sources):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--beam", "3", "--nbest", "2",
+                    "--alignments", input=sources[0] + "\n")
+    for row in (line.split(" ||| ") for line in result.stdout.splitlines()):
+        index, text, score, links = row  # the translation field holds no alignment
+        assert "\t" not in text and float(score) <= 0
+        assert all(re.fullmatch(r"\d+-\d+", link) for link in links.split())
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(toy_run, sources):
+    """`mt translate < big | head -1`: exit 0 when the reader closes the pipe (pipefail-safe)."""
+    process = subprocess.Popen([sys.executable, "-m", "mt", "translate", "--run-dir", str(toy_run / "run")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line is written
+    _, stderr = process.communicate(("\n".join(sources * 50) + "\n").encode(), timeout=120)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--beam", "0"], "Invalid value for '--beam'"),
+    (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens'"),
+    (["--nbest", "0"], "Invalid value for '--nbest'"),
+])
+def test_decoding_options_out_of_range_are_refused(toy_run, args, expected):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), *args, input="x\n", check=False)
+    assert result.returncode == 2 and expected in result.stderr and result.stdout == ""
+
+
+def test_eval_refuses_empty_files_and_options_it_would_ignore(toy_run, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = run_mt("eval", "--hyp", str(empty), "--ref", str(empty), check=False)
+    assert result.returncode == 1 and "error: " in result.stderr and "no lines to score" in result.stderr
+    ref = str(toy_run / "data/test.trg")
+    result = run_mt("eval", "--hyp", ref, "--ref", ref, "--run-dir", str(toy_run / "run"), check=False)
+    assert result.returncode == 1 and "--run-dir: not used with --hyp" in result.stderr
+    result = run_mt("eval", "--run-dir", str(toy_run / "run"), "--output", str(tmp_path / "o.txt"), check=False)
+    assert result.returncode == 1 and "--output goes with --src" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_eval_bleu_equals_the_sacrebleu_command(toy_run, tmp_path):
