@@ -25,21 +25,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     On any exception the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a folder that cannot be made or written to
+        raise MtError(f"{path}: cannot write: {e.strerror or e}") from None
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+            _finish(f.flush, path)
+            _finish(lambda: os.fsync(f.fileno()), path)
+        _finish(lambda: os.chmod(tmp, 0o666 & ~_umask()), path)  # mkstemp makes 0600: usual permissions
+        _finish(lambda: os.replace(tmp, path), path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _finish(step, path: Path) -> None:
+    """A step of the write after the caller's part: disk full or a directory in the way are
+    errors naming the file the user asked for, not our temporary one."""
+    try:
+        step()
+    except OSError as e:
+        raise MtError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def _umask() -> int:

@@ -18,7 +18,7 @@ import torch
 from conftest import make_toy_data, run_mt, toy_config
 from mt.checkpoint import average_checkpoints, load_checkpoint, load_for_inference, save_checkpoint
 from mt.errors import MtError
-from mt.files import read_lines
+from mt.files import read_lines, write_text
 from mt.translate import translate_lines
 
 TINY = {"model__d_model": 32, "model__heads": 2, "model__encoder_layers": 1, "model__decoder_layers": 1,
@@ -98,6 +98,13 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
         save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "step": 2, "bad": lambda: None})
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step.pt"]  # no temporary file left
+
+
+def test_writing_over_a_folder_is_an_error_naming_it_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(MtError, match=f"^{tmp_path / 'out'}: cannot write: Is a directory"):
+        write_text(tmp_path / "out", "text\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
