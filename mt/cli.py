@@ -109,7 +109,7 @@ def translate(
     nbest: Annotated[int, typer.Option("--nbest", min=1, help="Print the N best translations per line: 'index ||| translation ||| score'.")] = 1,
     batch_tokens: BatchTokensOpt = None,
     device: DeviceOpt = "auto",
-    alignments: Annotated[bool, typer.Option("--alignments", help="Append a tab and i-j word alignments from cross-attention.")] = False,
+    alignments: Annotated[bool, typer.Option("--alignments", help="Append i-j word alignments from cross-attention: after a tab, or as a 4th '|||' field with --nbest.")] = False,
 ) -> None:
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
