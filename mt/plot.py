@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import torch
 from torch import Tensor
 
+from mt.align import teacher_forced_attention
 from mt.checkpoint import Loaded, load_for_inference
 from mt.config import ModelConfig
 from mt.errors import MtError
 from mt.files import atomic_write, read_lines, write_text
-from mt.model import AttentionWeights, Transformer
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.translate import fit_source, translate_ids
 
@@ -142,26 +141,6 @@ def sentence_attention(loaded: Loaded, lines: Sequence[str],
             number, line.strip(), tokenizer.decode_trg([out_ids])[0], tokenizer.src_pieces(result.src_ids),
             out_pieces, tokenizer.trg_pieces([BOS_ID]) + out_pieces[:-1],
             teacher_forced_attention(loaded.model, result.src_ids, out_ids, loaded.device))
-
-
-@torch.inference_mode()
-def teacher_forced_attention(model: Transformer, src_ids: Sequence[int], out_ids: Sequence[int],
-                             device: torch.device) -> dict[str, Tensor]:
-    """Every attention weight for one source (EOS included) and a given output (no BOS/EOS):
-    kind -> (layers, heads, queries, keys), float32 on the CPU."""
-    src = torch.tensor([list(src_ids)], device=device)  # (1, src_len)
-    # decoder position i reads trg_in[i] and predicts out_ids[i]; the last position predicts EOS
-    trg_in = torch.tensor([[BOS_ID, *out_ids]], device=device)  # (1, trg_len)
-    weights = AttentionWeights([], [], [])
-    encoder_out, src_mask = model.encode(src, weights)
-    model.decode(trg_in, encoder_out, src_mask, weights)
-    return {"encoder": _stack(weights.encoder), "decoder": _stack(weights.decoder_self),
-            "cross": _stack(weights.cross)}
-
-
-def _stack(per_layer: list[Tensor]) -> Tensor:
-    """Layers of (1, heads, queries, keys) -> (layers, heads, queries, keys), float32 on the CPU."""
-    return torch.stack([w[0] for w in per_layer]).float().cpu()
 
 
 def attention_json(sentence: SentenceAttention) -> dict:

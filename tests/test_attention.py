@@ -19,7 +19,6 @@ import yaml
 
 from mt.checkpoint import load_for_inference
 from mt.errors import MtError
-from mt.model import AttentionWeights
 from mt.plot import (DPI, SentenceAttention, Selection, attention_command, draw_attention, figure_size, plot_curves,
                      save_figure)
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -96,9 +95,8 @@ def test_recorded_weights_have_shapes_rows_summing_to_one_and_none_on_padding(to
     trg_in = padded([[BOS_ID] + ids for ids in tok.encode_trg([long.upper(), short.upper()])])  # (2, trg_len)
     short_len = len(tok.encode_src([short])[0]) + 1
     assert short_len < src.size(1)
-    weights = AttentionWeights([], [], [])
     with torch.inference_mode():
-        toy_loaded.model.decode(trg_in, *toy_loaded.model.encode(src, weights), weights=weights)
+        _, weights = toy_loaded.model.forward_with_attention(src, trg_in)
     src_len, trg_len = src.size(1), trg_in.size(1)
     assert [w.shape for w in weights.encoder] == [(2, m.heads, src_len, src_len)] * m.encoder_layers
     assert [w.shape for w in weights.decoder_self] == [(2, m.heads, trg_len, trg_len)] * m.decoder_layers
