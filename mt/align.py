@@ -9,7 +9,7 @@ forcing) and returns all three kinds of attention, the layout of `mt attention -
   cross     (layers, heads, output pieces, source pieces)
 
 Pieces include the EOS (`</s>`) of source and output. Search itself can record cross-attention
-as it goes (`record_attention`); the weights are the same.
+as it goes (`record_attention`); the weights are the same, up to rounding.
 
 Word alignments: which source word each output word looked at most. SentencePiece pieces are grouped into words (a piece starting with '▁' starts a word); a
 word's attention is the sum over its source pieces, averaged over its target pieces; each

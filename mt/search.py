@@ -1,8 +1,17 @@
 """Greedy and beam search over a batch of sentences, on the model's incremental decoding cache.
 
 Both searches run the encoder once per batch and then one decoder position per step
-(`Transformer.decode_step`). Beam search keeps all beams of all sentences in one tensor of
-batch x beam rows; finished sentences leave the batch so later steps only pay for the rest.
+(`Transformer.decode_step`), over one `SearchState`: the sentences still searched, each with
+`width` rows (1 for greedy, the beam size for beam search), all in one tensor. A step is
+
+  _next_log_probs      the decoder on the cache: what each row may add (PAD and BOS never,
+                       only EOS at the length limit); records the step's cross-attention
+  greedy               the best token of each row; sentences that chose EOS are finished
+  beam                 _collect_finished: hypotheses ending in EOS among each sentence's best
+                       _choose_next_beams: the best continuations that do not end
+                       _unfinished_groups: the sentences a live beam can still improve
+  _advance             rows follow the hypotheses they continue; finished sentences leave,
+                       so later steps only pay for the rest
 
 Scores: a hypothesis' `score` is the sum of its token log-probabilities, EOS included. Beam
 search ranks finished hypotheses by `score / lp(length)`, GNMT's length penalty
