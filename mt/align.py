@@ -11,10 +11,10 @@ forcing) and returns all three kinds of attention, the layout of `mt attention -
 Pieces include the EOS (`</s>`) of source and output. Search itself can record cross-attention
 as it goes (`record_attention`); the weights are the same, up to rounding.
 
-Word alignments: which source word each output word looked at most. SentencePiece pieces are grouped into words (a piece starting with '▁' starts a word); a
-word's attention is the sum over its source pieces, averaged over its target pieces; each
-target word is aligned to the source word with the most attention. The source EOS and the
-output EOS are left out. Pairs are `i-j`: source word i, target word j, both from 0.
+Word alignments: which source word each output word looked at most. SentencePiece pieces are
+grouped into words (a piece starting with '▁' starts a word); a word's attention is the sum
+over its source pieces, averaged over its target pieces; each target word is aligned to the
+source word with the most attention. The source EOS and the output EOS are left out. Pairs are `i-j`: source word i, target word j, both from 0.
 """
 
 from __future__ import annotations

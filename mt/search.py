@@ -162,10 +162,13 @@ def _advance(state: SearchState, last: Tensor, scores: Tensor, source_rows: Opti
     state.last, state.scores = last, scores
 
 
-def _hypotheses(state: SearchState, rows: Tensor, scores: Tensor) -> Iterator[tuple[int, list[int], float, Optional[Tensor]]]:
-    """(row, tokens, score, attention) of the given rows, each field in one transfer."""
+def _hypotheses(state: SearchState, rows: Tensor, scores: Tensor, penalty: float = 1.0
+                ) -> Iterator[tuple[int, Hypothesis]]:
+    """The given rows as finished hypotheses, normalized by `penalty`; each field of all of them
+    comes from the device in one transfer (not one `.item()` per hypothesis)."""
     for row, ids, score in zip(rows.tolist(), state.tokens[rows].tolist(), scores.tolist()):
-        yield row, ids, score, None if state.attention is None else state.attention[row].cpu()
+        attention = None if state.attention is None else state.attention[row].cpu()
+        yield row, Hypothesis(ids, score, score / penalty, attention)
 
 
 @torch.inference_mode()
@@ -182,10 +185,10 @@ def greedy_search(model: Transformer, src_ids: Tensor, max_len_a: float, max_len
         done, keep = last == EOS_ID, None
         if done.any():  # the step's one host sync
             ended = done.nonzero()[:, 0]
-            for row, ids, score, attention in _hypotheses(state, ended, scores[ended, 0]):
-                results[state.sentences[row]] = Hypothesis(ids, score, score, attention)
-            ended_rows = set(ended.tolist())
-            keep = [g for g in range(len(state.sentences)) if g not in ended_rows]
+            found = dict(_hypotheses(state, ended, scores[ended, 0]))
+            for row, hyp in found.items():
+                results[state.sentences[row]] = hyp
+            keep = [g for g in range(len(state.sentences)) if g not in found]
             if not keep:
                 break
         _advance(state, last, scores, None, keep)
@@ -244,10 +247,9 @@ def _collect_finished(state: SearchState, candidates: _Candidates, alpha: float,
     if not groups.numel():
         return
     rows = groups * beam + candidates.beam[groups, ks]
-    penalty = length_penalty(state.tokens.size(1) + 1, alpha)
-    for (row, ids, score, attention), group in zip(_hypotheses(state, rows, candidates.scores[groups, ks]),
-                                                   groups.tolist()):
-        finished[state.sentences[group]].append(Hypothesis(ids, score, score / penalty, attention))
+    penalty = length_penalty(state.tokens.size(1) + 1, alpha)  # every one of them has this length
+    for group, (_, hyp) in zip(groups.tolist(), _hypotheses(state, rows, candidates.scores[groups, ks], penalty)):
+        finished[state.sentences[group]].append(hyp)
 
 
 def _choose_next_beams(candidates: _Candidates, beam: int) -> tuple[Tensor, Tensor, Tensor]:
