@@ -95,7 +95,10 @@ class CheckpointLabel:
 
 def checkpoint_label(path: Path) -> CheckpointLabel:
     """The label of a checkpoint file; mmap reads its step without reading its weights again."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be mmapped: no step then
+        return CheckpointLabel(path.name, None)
     step = state.get("step")
     return CheckpointLabel(path.name, step if isinstance(step, int) else None)
 
