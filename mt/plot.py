@@ -218,16 +218,24 @@ def draw_attention(sentence: SentenceAttention, kind: str, selection: Selection,
     for ax, (layer, head) in zip(axes.flat, itertools.product(selection.layers, selection.heads)):
         weights = sentence.weights[kind][layer]  # (heads, queries, keys)
         panel = (weights.mean(dim=0) if head is None else weights[head]).numpy()
-        top = max(float(panel.max()), 1e-6)
+        top = colour_top(panel, kind)
         image = ax.imshow(panel, vmin=0.0, vmax=top, cmap="viridis")
         ax.set_title(f"layer {layer}, {'mean of heads' if head is None else f'head {head}'}", fontsize=9)
         # beside the heatmap as drawn (a bar from fig.colorbar spans the whole grid cell instead)
-        colorbar = fig.colorbar(image, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]), ticks=[0.0, top], format="%.2f")
+        colorbar = fig.colorbar(image, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]), ticks=[0.0, top], format="%.2f",
+                                extend="max" if panel.max() > top + 0.005 else "neither")  # a clipped row
         colorbar.ax.tick_params(labelsize=7)
     label_outer_panels(axes, rows, columns, kind, fontsize)
     title = f"line {sentence.line}: {kind} attention"
     fig.suptitle(title if shown is None else f"{title}, {shown}", fontsize=10)
     return fig
+
+
+def colour_top(panel, kind: str) -> float:
+    """The weight a panel shows as yellow: its largest, except that the decoder's first row is
+    left out, since output piece 1 can only look at <s> and its 1.0 would darken the rest."""
+    free = panel[1:] if kind == "decoder" and len(panel) > 1 else panel
+    return max(float(free.max()), 1e-6)
 
 
 def label_outer_panels(axes, rows: list[str], columns: list[str], kind: str, fontsize: float) -> None:

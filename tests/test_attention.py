@@ -295,3 +295,13 @@ def test_each_panel_is_coloured_on_its_own_range_with_its_scale_printed():
         colorbar = ax.images[0].colorbar  # its own bar, so the scale stays printed
         assert colorbar is not None and list(colorbar.get_ticks()) == pytest.approx([0.0, top])
 
+
+def test_decoder_panels_are_not_darkened_by_the_first_row_that_can_only_see_bos():
+    spread = (torch.randn(1, 1, 10, 10) * 0.3).masked_fill(torch.ones(10, 10).triu(1).bool(), -1e9).softmax(-1)
+    assert float(spread[0, 0, 0, 0]) == 1.0 and float(spread[0, 0, 1:].max()) < 0.7
+    out = [f"\u2581w{k}" for k in range(9)] + ["</s>"]
+    sentence = SentenceAttention(1, "x", "y", ["x", "</s>"], out, ["<s>"] + out[:-1], {"decoder": spread})
+    fig = draw_attention(sentence, "decoder", Selection([0], [0]))
+    [ax] = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert ax.images[0].get_clim() == pytest.approx((0.0, float(spread[0, 0, 1:].max())))
+
