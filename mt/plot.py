@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from mt.align import teacher_forced_attention
