@@ -28,10 +28,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mt import rundir
 from mt.checkpoint import Loaded, load_for_inference
 from mt.config import ModelConfig
 from mt.errors import MtError
-from mt.files import atomic_write, read_lines, write_text
+from mt.files import atomic_write, write_text
 from mt.model import AttentionWeights, Transformer
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.translate import fit_source, translate_ids
@@ -213,11 +214,11 @@ def plot_curves(run_dir: str | Path, output: Optional[str | Path] = None) -> Pat
     """Training and validation loss (top) and validation BLEU (bottom) against steps, from
     RUN_DIR/metrics.jsonl; written to `output` (default RUN_DIR/curves.png)."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = rundir.read_metrics(run_dir, missing_ok=False)
     train = [r for r in rows if "loss" in r]
     dev = [r for r in rows if "dev_loss" in r]
     if not train and not dev:
-        raise MtError(f"{run_dir / 'metrics.jsonl'}: no training or validation rows to plot yet")
+        raise MtError(f"{rundir.metrics_file(run_dir)}: no training or validation rows to plot yet")
     fig = _figure_class()(figsize=(8, 6), dpi=DPI, layout="constrained")
     loss_ax, bleu_ax = fig.subplots(2, 1, sharex=True)
     loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
@@ -230,21 +231,7 @@ def plot_curves(run_dir: str | Path, output: Optional[str | Path] = None) -> Pat
     for ax in (loss_ax, bleu_ax):
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir))
-    return save_figure(fig, Path(output) if output else run_dir / "curves.png")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file, as `mt train` writes them."""
-    if not path.is_file():
-        raise MtError(f"{path}: no such file (mt train writes it)")
-    rows = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
-    return rows
+    return save_figure(fig, Path(output) if output else rundir.curves_file(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------

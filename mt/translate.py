@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
@@ -27,6 +26,7 @@ import torch
 
 from mt.batching import make_batches
 from mt.checkpoint import Loaded, load_for_inference
+from mt.device import autocast
 from mt.errors import MtError
 from mt.model import attention_backends
 from mt.search import Hypothesis, beam_search, greedy_search
@@ -69,7 +69,7 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
         for row, s in enumerate(sources):
             tensor[row, : len(s)] = torch.tensor(s)
         tensor = tensor.to(loaded.device)
-        with attention_backends(), _autocast(loaded.device):
+        with attention_backends(), autocast(loaded.device, loaded.autocast_dtype):
             if beam == 1 and nbest == 1:
                 found = [[h] for h in greedy_search(loaded.model, tensor, dec.max_len_a, dec.max_len_b,
                                                     record_attention)]
@@ -85,12 +85,6 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
     return results
 
 
-def _autocast(device: torch.device):
-    """bf16 on CUDA, as in training; full precision on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-
-
 def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
     """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
     limit = loaded.cfg.model.max_len - 1  # one position is the source EOS
@@ -98,8 +92,7 @@ def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> lis
     encoded = loaded.tokenizer.encode_src(cleaned)
     for k, ids in enumerate(encoded):
         if len(ids) > limit:
-            print(f"warning: line {first_line + k}: {len(ids)} pieces, cut to the model's maximum of {limit}",
-                  file=sys.stderr)
+            log.warning("warning: line %d: %d pieces, cut to the model's maximum of %d", first_line + k, len(ids), limit)
             encoded[k] = ids[:limit]
     return [ids if text else [] for ids, text in zip(encoded, cleaned)]
 
@@ -182,9 +175,9 @@ def decode_lines(raw: Sequence[bytes], first_line: int) -> tuple[list[str], Opti
 
 def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str = "best",
                      beam: Optional[int] = None, nbest: int = 1, batch_tokens: Optional[int] = None,
-                     device: str = "auto", alignments: bool = False) -> None:
+                     device: str = "auto", alignments: bool = False, precision: Optional[str] = None) -> None:
     """`mt translate`: stdin lines to stdout lines, chunk by chunk, logs on stderr."""
-    loaded = load_for_inference(run_dir, checkpoint, device)
+    loaded = load_for_inference(run_dir, checkpoint, device, precision)
     beam = beam or loaded.cfg.decoding.beam
     if nbest < 1 or nbest > beam:
         raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")
