@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,14 @@ import yaml
 
 @pytest.fixture
 def multi30k_dir() -> Path:
-    """The Multi30k task-1 files (*.de.gz, *.en.gz) where the project keeps a copy; skips without them."""
-    path = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
-    if not (path / "train.de.gz").is_file():
-        pytest.skip(f"Multi30k files not found in {path}")
-    return path
+    """The Multi30k task-1 files (*.de.gz, *.en.gz): in $MT_DATA, or where the project keeps a
+    copy (../shared/data/multi30k); skips without them."""
+    places = [Path(os.environ["MT_DATA"])] if os.environ.get("MT_DATA") else []
+    places.append(Path(__file__).resolve().parents[2] / "shared/data/multi30k")
+    for path in places:
+        if (path / "train.de.gz").is_file():
+            return path
+    pytest.skip(f"Multi30k files not found in {' or '.join(map(str, places))}")
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +41,14 @@ def toy_pairs() -> list[tuple[str, str]]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_mt(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m mt ARGS` in a subprocess, as a user runs it; output captured as text."""
-    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True, **kwargs)
+def run_mt(*args: str, check: bool = True, stdin: str | None = None, env: dict[str, str] | None = None,
+           **kwargs) -> subprocess.CompletedProcess:
+    """`python -m mt ARGS` in a subprocess, as a user runs it; output captured as text. `env`
+    adds to the environment (without MT_VERBOSE, so messages look as users see them); no time
+    limit, as a busy machine may be slow."""
+    environ = {k: v for k, v in os.environ.items() if k != "MT_VERBOSE"}
+    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True, input=stdin,
+                            env={**environ, **(env or {})}, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"mt {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result

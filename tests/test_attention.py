@@ -24,14 +24,15 @@ from mt.plot import (DPI, SentenceAttention, Selection, attention_command, draw_
                      save_figure)
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+from conftest import run_mt
+
 image = pytest.importorskip("matplotlib.image")
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mt(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mt", *args], input=stdin, capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return run_mt(*args, check=False, stdin=stdin, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ from mt.errors import MtError
 from mt.prepare import prepare
 from mt.tokenizer import JOINT_MODEL, SRC_MODEL, TRG_MODEL, Tokenizer
 
+from conftest import run_mt
+
 # Line numbers below refer to this layout: keep it in step with the tests that name lines.
 CONFIG = """\
 run_dir: {run_dir}
@@ -52,7 +54,7 @@ class Toy:
         return prepare(load_config(self.config, list(overrides)), force=force)
 
     def mt(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return run_mt(*args, "--config", str(self.config), cwd=self.folder, env=env)
+        return run_mt(*args, "--config", str(self.config), check=False, cwd=self.folder, env=env)
 
     def write_config(self, text: str) -> Path:
         self.config.write_text(text, encoding="utf-8")
@@ -74,12 +76,6 @@ def toy(tmp_path, toy_pairs) -> Toy:
     config = tmp_path / "toy.yaml"
     config.write_text(CONFIG.format(run_dir=run_dir, **files), encoding="utf-8")
     return Toy(tmp_path, config, run_dir, **files)
-
-
-def run_mt(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k != "MT_VERBOSE"}
-    return subprocess.run([sys.executable, "-m", "mt", *args], cwd=cwd, env={**environ, **(env or {})},
-                          capture_output=True, text=True, timeout=120)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -385,7 +381,7 @@ def test_prepare_multi30k_from_a_local_copy(tmp_path, multi30k_dir):
         probe.bind(("127.0.0.1", 0))
         nowhere = f"http://127.0.0.1:{probe.getsockname()[1]}/"
     env = {"MT_DATA": str(multi30k_dir), "MT_CACHE": str(tmp_path / "cache"), "MT_CORPUS_URL": nowhere}
-    result = run_mt("prepare", "--config", str(config), cwd=tmp_path, env=env)
+    result = run_mt("prepare", "--config", str(config), check=False, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert re.search(r"^train: 29000 pairs, \d+ kept", result.stderr, re.MULTILINE)
     assert "dev: 1014 pairs" in result.stderr

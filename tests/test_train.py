@@ -74,11 +74,10 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_d
     process = subprocess.Popen([sys.executable, "-m", "mt", "train", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "b/metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not (metrics.is_file() and "loss" in metrics.read_text()) and time.monotonic() < deadline:
+    while process.poll() is None and not (metrics.is_file() and "loss" in metrics.read_text()):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate()
     assert process.returncode == 128 + signal.SIGTERM, stderr  # saved, not finished: 143, as a shell reports it
     assert "SIGTERM: saved step" in stderr
     stopped_at = int(stderr.split("SIGTERM: saved step ")[1].split(";")[0])
@@ -241,7 +240,7 @@ mt.cli.main()
 """
         # one malloc arena: glibc would otherwise reserve 64 MB of address space per thread
         env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, "-c", capped], capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run([sys.executable, "-c", capped], capture_output=True, text=True, env=env)
 
     result = train_capped()
     assert result.returncode == 0, result.stderr[-3000:]
