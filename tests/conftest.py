@@ -48,7 +48,9 @@ def run_mt(*args: str, check: bool = True, stdin: str | None = None, env: dict[s
     adds to the environment (without MT_VERBOSE, so messages look as users see them); no time
     limit, as a busy machine may be slow."""
     environ = {k: v for k, v in os.environ.items() if k != "MT_VERBOSE"}
-    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True, input=stdin,
+    if stdin is not None:
+        kwargs["input"] = stdin
+    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True,
                             env={**environ, **(env or {})}, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"mt {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
