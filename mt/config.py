@@ -31,6 +31,10 @@ from mt.errors import ConfigError
 # ---------------------------------------------------------------------------------------------
 
 
+Precision = Literal["auto", "bf16", "fp16", "fp32"]  # autocast dtype for training and decoding
+PRECISIONS = typing.get_args(Precision)
+
+
 def _positive(default: Any) -> Any:
     return field(default=default, metadata={"gt": 0})
 
@@ -119,7 +123,7 @@ class TrainingConfig:
     warmup_steps: int = _nonneg(4000)
     clip_norm: float = _nonneg(1.0)  # 0 = no clipping
     label_smoothing: float = _fraction(0.1)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
     validate_every: int = _positive(1000)  # steps
     save_every: int = _positive(1000)  # steps

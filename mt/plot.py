@@ -28,11 +28,12 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from mt import rundir
 from mt.align import teacher_forced_attention
 from mt.checkpoint import Loaded, load_for_inference
 from mt.config import ModelConfig
 from mt.errors import MtError
-from mt.files import atomic_write, read_lines, write_text
+from mt.files import atomic_write, write_text
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.translate import fit_source, translate_ids
 
@@ -258,13 +259,13 @@ def plot_curves(run_dir: str | Path, output: Optional[str | Path] = None) -> Pat
     RUN_DIR/metrics.jsonl, with best.pt's step marked; written to `output` (default
     RUN_DIR/curves.png)."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = rundir.read_metrics(run_dir, missing_ok=False)
     if not any("loss" in r or "dev_loss" in r for r in rows):
-        raise MtError(f"{run_dir / 'metrics.jsonl'}: no training or validation rows to plot yet")
-    best = run_dir / "checkpoints" / "best.pt"
+        raise MtError(f"{rundir.metrics_file(run_dir)}: no training or validation rows to plot yet")
+    best = rundir.named_checkpoint(run_dir, "best")
     best_step = checkpoint_label(best).step if best.is_file() else None
     fig = draw_curves(rows, best_step, str(run_dir))
-    return save_figure(fig, Path(output) if output else run_dir / "curves.png")
+    return save_figure(fig, Path(output) if output else rundir.curves_file(run_dir))
 
 
 def draw_curves(rows: list[dict], best_step: Optional[int], title: str):
@@ -299,20 +300,6 @@ def draw_curves(rows: list[dict], best_step: Optional[int], title: str):
             ax.legend()
     fig.suptitle(title)
     return fig
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file, as `mt train` writes them."""
-    if not path.is_file():
-        raise MtError(f"{path}: no such file (mt train writes it)")
-    rows = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
@@ -27,6 +26,7 @@ import torch
 
 from mt.batching import make_batches, pad_ids
 from mt.checkpoint import Loaded, load_for_inference
+from mt.device import autocast
 from mt.errors import MtError
 from mt.model import attention_backends
 from mt.search import Hypothesis, beam_search, greedy_search
@@ -81,17 +81,11 @@ def _search(loaded: Loaded, sources: Sequence[Sequence[int]], beam: int, nbest: 
     dec = loaded.cfg.decoding
     width = max(len(s) for s in sources) + 1  # EOS
     src = torch.from_numpy(pad_ids(sources, width, last=EOS_ID)).to(loaded.device)  # (batch, src_len)
-    with attention_backends(), _autocast(loaded.device):
+    with attention_backends(), autocast(loaded.device, loaded.autocast_dtype):
         if beam == 1 and nbest == 1:
             return [[h] for h in greedy_search(loaded.model, src, dec.max_len_a, dec.max_len_b, record_attention)]
         return beam_search(loaded.model, src, beam, dec.length_penalty, dec.max_len_a, dec.max_len_b, nbest,
                            record_attention)
-
-
-def _autocast(device: torch.device):
-    """bf16 on CUDA, as in training; full precision on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
@@ -101,8 +95,7 @@ def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> lis
     encoded = loaded.tokenizer.encode_src(cleaned)
     for k, ids in enumerate(encoded):
         if len(ids) > limit:
-            print(f"warning: line {first_line + k}: {len(ids)} pieces, cut to the model's maximum of {limit}",
-                  file=sys.stderr)
+            log.warning("warning: line %d: %d pieces, cut to the model's maximum of %d", first_line + k, len(ids), limit)
             encoded[k] = ids[:limit]
     return [ids if text else [] for ids, text in zip(encoded, cleaned)]
 
@@ -185,9 +178,9 @@ def decode_lines(raw: Sequence[bytes], first_line: int) -> tuple[list[str], Opti
 
 def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str = "best",
                      beam: Optional[int] = None, nbest: int = 1, batch_tokens: Optional[int] = None,
-                     device: str = "auto", alignments: bool = False) -> None:
+                     device: str = "auto", alignments: bool = False, precision: Optional[str] = None) -> None:
     """`mt translate`: stdin lines to stdout lines, chunk by chunk, logs on stderr."""
-    loaded = load_for_inference(run_dir, checkpoint, device)
+    loaded = load_for_inference(run_dir, checkpoint, device, precision)
     beam = beam or loaded.cfg.decoding.beam
     if nbest < 1 or nbest > beam:
         raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")

@@ -23,6 +23,8 @@ from mt.plot import (DPI, CheckpointLabel, SentenceAttention, Selection, attenti
                      draw_curves, figure_size, plot_curves, save_figure)
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+from conftest import run_mt
+
 image = pytest.importorskip("matplotlib.image")
 PIL_Image = pytest.importorskip("PIL.Image")  # matplotlib needs Pillow: PNG metadata
 
@@ -30,9 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def mt(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    # no timeout: on a busy 2-core machine the toy training alone can take over 5 minutes
-    return subprocess.run([sys.executable, "-m", "mt", *args], input=stdin, capture_output=True, text=True,
-                          cwd=ROOT)
+    return run_mt(*args, check=False, stdin=stdin, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")

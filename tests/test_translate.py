@@ -105,31 +105,8 @@ def test_a_reader_that_leaves_early_is_not_an_error(toy_run, sources):
     process = subprocess.Popen([sys.executable, "-m", "mt", "translate", "--run-dir", str(toy_run / "run")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone before the first line is written
-    _, stderr = process.communicate(("\n".join(sources * 50) + "\n").encode(), timeout=120)
+    _, stderr = process.communicate(("\n".join(sources * 50) + "\n").encode())
     assert process.returncode == 0, stderr.decode()[-2000:]
-
-
-@pytest.mark.parametrize("args, expected", [
-    (["--beam", "0"], "Invalid value for '--beam'"),
-    (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens'"),
-    (["--nbest", "0"], "Invalid value for '--nbest'"),
-])
-def test_decoding_options_out_of_range_are_refused(toy_run, args, expected):
-    result = run_mt("translate", "--run-dir", str(toy_run / "run"), *args, input="x\n", check=False)
-    assert result.returncode == 2 and expected in result.stderr and result.stdout == ""
-
-
-def test_eval_refuses_empty_files_and_options_it_would_ignore(toy_run, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    result = run_mt("eval", "--hyp", str(empty), "--ref", str(empty), check=False)
-    assert result.returncode == 1 and "error: " in result.stderr and "no lines to score" in result.stderr
-    ref = str(toy_run / "data/test.trg")
-    result = run_mt("eval", "--hyp", ref, "--ref", ref, "--run-dir", str(toy_run / "run"), check=False)
-    assert result.returncode == 1 and "--run-dir: not used with --hyp" in result.stderr
-    result = run_mt("eval", "--run-dir", str(toy_run / "run"), "--output", str(tmp_path / "o.txt"), check=False)
-    assert result.returncode == 1 and "--output goes with --src" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_eval_bleu_equals_the_sacrebleu_command(toy_run, tmp_path):
