@@ -114,6 +114,8 @@ def validation_message(error: dict) -> str:
         return f"unknown field; expected one of {', '.join(TranslateRequest.model_fields)}"
     if kind == "json_invalid":
         return "not valid JSON"
+    if kind == "model_attributes_type":  # a JSON list or string, or a body sent as form data
+        return 'expected a JSON object such as {"text": ["a line"]}, sent with Content-Type: application/json'
     return error.get("msg", "invalid")
 
 
@@ -145,7 +147,7 @@ def create_app(engine: Engine, limits: Limits, beam: int) -> FastAPI:
     @app.get("/v1/health")
     async def health(request: Request) -> dict:
         batcher = request.app.state.batcher
-        return {"status": "ok", "waiting": batcher.queue.qsize(), "searches": batcher.batches}
+        return {"status": "ok", "in_flight": batcher.in_flight, "searches": batcher.searches}
 
     @app.get("/v1/info")
     async def get_info() -> dict:
@@ -177,7 +179,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        return error_response(422, field_name(tuple(first.get("loc", ()))), validation_message(first))
+        field = "body" if first.get("type") == "json_invalid" else field_name(tuple(first.get("loc", ())))
+        return error_response(422, field, validation_message(first))
 
     @app.exception_handler(BadRequest)
     async def bad(request: Request, exc: BadRequest) -> JSONResponse:

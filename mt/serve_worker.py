@@ -139,12 +139,17 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.held: collections.deque[Job] = collections.deque()  # taken, but over the last batch's budget
-        self.batches = 0  # searches run; /v1/health reports it
+        self.searches = 0  # searches run; /v1/health reports them
+        self.in_flight = 0  # requests handed over and not yet answered
 
     async def translate(self, sources: list[list[int]], options: Options) -> list[dict]:
         job = Job(sources, options, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
+        self.in_flight += 1
+        try:
+            await self.queue.put(job)
+            return await job.future
+        finally:
+            self.in_flight -= 1
 
     async def run(self) -> None:
         """The worker: forever, gather a batch and search it (cancelled at shutdown)."""
@@ -196,7 +201,7 @@ class Batcher:
                     job.future.set_exception(error)
             return
         finally:
-            self.batches += 1
+            self.searches += 1
         start = 0
         for job in jobs:
             if not job.future.done():  # done: the client went away and the handler was cancelled
