@@ -234,12 +234,14 @@ class RequestLog:
 
 
 def open_socket(host: str, port: int) -> socket.socket:
-    """The listening socket, bound here so that a taken port is a one-line error."""
+    """The listening socket, bound here so that a taken port is a one-line error, and
+    listening before the URL is printed, so that the URL works at once."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(2048)  # connections made from now on wait in the backlog until uvicorn accepts them
     except OSError as e:
         raise MtError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
     sock.set_inheritable(True)

@@ -62,10 +62,10 @@ def wait(driver, condition):
 
 def highlighted(driver) -> tuple[int, int, int]:
     """(active tokens, lines drawn, heatmap cells in focus)."""
-    return driver.execute_script("""
+    return tuple(driver.execute_script("""
         const lines = [...document.querySelectorAll('#lines line')].filter(l => l.style.display !== 'none');
         return [document.querySelectorAll('#lines .token.active').length, lines.length,
-                document.querySelectorAll('#heatmaps td.focus').length];""")
+                document.querySelectorAll('#heatmaps td.focus').length];"""))
 
 
 def test_page_translates_and_shows_attention(server, browser, toy_run, tmp_path):
