@@ -36,9 +36,9 @@ from mt.files import read_lines  # noqa: E402
 from mt.translate import fit_source, translate_ids, translate_lines  # noqa: E402
 
 
-def start_server(run_dir: str, beam: int, device: str) -> tuple[subprocess.Popen, str, int]:
+def start_server(run_dir: str, checkpoint: str, beam: int, device: str) -> tuple[subprocess.Popen, str, int]:
     process = subprocess.Popen([sys.executable, "-m", "mt", "serve", "--run-dir", run_dir, "--port", "0",
-                                "--beam", str(beam), "--device", device], stderr=subprocess.PIPE, text=True)
+                                "--checkpoint", checkpoint, "--beam", str(beam), "--device", device], stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         found = re.search(r"at http://(127\.0\.0\.1):(\d+)/", line)
         if found:
@@ -48,8 +48,14 @@ def start_server(run_dir: str, beam: int, device: str) -> tuple[subprocess.Popen
 
 
 def post(connection: http.client.HTTPConnection, lines: list[str]) -> list[str]:
-    connection.request("POST", "/v1/translate", json.dumps({"text": lines}), {"Content-Type": "application/json"})
-    response = connection.getresponse()
+    body = json.dumps({"text": lines})
+    try:
+        connection.request("POST", "/v1/translate", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        connection.close()  # the server closed a connection idle past its keep-alive time: reconnect
+        connection.request("POST", "/v1/translate", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
     body = json.loads(response.read())
     if response.status != 200:
         raise SystemExit(f"server answered {response.status}: {body}")
@@ -109,11 +115,12 @@ def main() -> None:
     parser.add_argument("--short", default="Ein Hund rennt.", help="the sentence for the latency figures")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", default="best")
     args = parser.parse_args()
 
     lines = read_lines(args.src)[: args.lines]
-    loaded = load_for_inference(args.run_dir, "best", args.device)
-    process, host, port = start_server(args.run_dir, args.beam, args.device)
+    loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
+    process, host, port = start_server(args.run_dir, args.checkpoint, args.beam, args.device)
     try:
         translate_lines(loaded, lines[:50], args.beam)  # warm-up
         start = time.perf_counter()
