@@ -128,12 +128,14 @@ def create_app(engine: Engine, limits: Limits, beam: int) -> FastAPI:
         worker = asyncio.create_task(app.state.batcher.run())
         yield
         worker.cancel()  # uvicorn has finished every request by now
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
 
     app = FastAPI(title="mt serve", version="1", lifespan=lifespan,
                   description="Translate with an mt model; see the attention at /.")
     add_error_handlers(app)
     app.add_middleware(RequestLog, max_body_bytes=limits.max_body_bytes())
-    info = engine.info(beam) | {"limits": limits.__dict__ | {"max_beam": MAX_BEAM}}
+    info = engine.info(beam) | {"limits": dataclasses.asdict(limits) | {"max_beam": MAX_BEAM}}
 
     @app.post("/v1/translate", response_model=TranslateResponse)
     async def translate(body: TranslateRequest, request: Request) -> dict:

@@ -12,7 +12,9 @@ Starts `mt serve` on a free port of 127.0.0.1 (a subprocess, as a user starts it
      of that sentence here (`fit_source` + `translate_ids`), and the difference.
 
 The two processes take turns (nothing is timed while the other one works), so on a shared
-machine the ratios say more than the absolute figures.
+machine the ratios say more than the absolute figures. `--threads N` gives both sides N torch
+threads: on an overloaded machine two threads that wait for each other can make one side
+many times slower, which says nothing about the server.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -28,17 +31,23 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from mt.checkpoint import load_for_inference  # noqa: E402
 from mt.files import read_lines  # noqa: E402
 from mt.translate import fit_source, translate_ids, translate_lines  # noqa: E402
 
 
-def start_server(run_dir: str, checkpoint: str, beam: int, device: str) -> tuple[subprocess.Popen, str, int]:
+def start_server(run_dir: str, checkpoint: str, beam: int, device: str,
+                 threads: Optional[int]) -> tuple[subprocess.Popen, str, int]:
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     process = subprocess.Popen([sys.executable, "-m", "mt", "serve", "--run-dir", run_dir, "--port", "0",
-                                "--checkpoint", checkpoint, "--beam", str(beam), "--device", device], stderr=subprocess.PIPE, text=True)
+                                "--checkpoint", checkpoint, "--beam", str(beam), "--device", device],
+                               stderr=subprocess.PIPE, text=True, env=env)
     for line in process.stderr:
         found = re.search(r"at http://(127\.0\.0\.1):(\d+)/", line)
         if found:
@@ -116,11 +125,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads on both sides (the server gets OMP_NUM_THREADS); default: torch's")
     args = parser.parse_args()
 
     lines = read_lines(args.src)[: args.lines]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
-    process, host, port = start_server(args.run_dir, args.checkpoint, args.beam, args.device)
+    process, host, port = start_server(args.run_dir, args.checkpoint, args.beam, args.device, args.threads)
     try:
         translate_lines(loaded, lines[:50], args.beam)  # warm-up
         start = time.perf_counter()
