@@ -29,6 +29,7 @@ from typing import Optional
 from mt.errors import MtError
 
 try:
+    import fastapi
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -136,6 +137,7 @@ def create_app(engine: Engine, limits: Limits, beam: int) -> FastAPI:
     add_error_handlers(app)
     app.add_middleware(RequestLog, max_body_bytes=limits.max_body_bytes())
     info = engine.info(beam) | {"limits": dataclasses.asdict(limits) | {"max_beam": MAX_BEAM}}
+    info["versions"] |= {"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
 
     @app.post("/v1/translate", response_model=TranslateResponse)
     async def translate(body: TranslateRequest, request: Request) -> dict:

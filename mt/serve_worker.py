@@ -112,9 +112,6 @@ class Engine:
     def info(self, beam: int) -> dict:
         cfg = self.loaded.cfg
         m, dec = cfg.model, cfg.decoding
-        import fastapi
-        import uvicorn
-
         return {
             "source_language": cfg.data.src_lang, "target_language": cfg.data.trg_lang,
             "model": {"d_model": m.d_model, "heads": m.heads, "encoder_layers": m.encoder_layers,
@@ -125,8 +122,7 @@ class Engine:
             "decoding": {"beam": beam, "length_penalty": dec.length_penalty, "max_len_a": dec.max_len_a,
                          "max_len_b": dec.max_len_b},
             "device": str(self.loaded.device),
-            "versions": {"mt": mt.__version__, "python": platform.python_version(), "torch": torch.__version__,
-                         "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__},
+            "versions": {"mt": mt.__version__, "python": platform.python_version(), "torch": torch.__version__},
         }
 
 
