@@ -207,7 +207,7 @@ def serve(
     max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Lines per request.")] = 64,
     max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per line.")] = 1000,
     max_batch_tokens: Annotated[Optional[int], typer.Option("--max-batch-tokens", min=1, help="Source tokens searched together; default: decoding.batch_tokens.")] = None,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a search waits for more requests to join it.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a search waits for more requests to join it (only while it has fewer than the last search).")] = 20.0,
 ) -> None:
     """Serve translations over HTTP (JSON API at /v1, docs at /docs) and the attention page at /."""
     from mt.serve import Limits, serve_command

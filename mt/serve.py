@@ -54,7 +54,7 @@ class Limits:
     max_lines: int = 64  # lines per request
     max_chars: int = 1000  # characters per line
     max_batch_tokens: Optional[int] = None  # source tokens searched together; None: decoding.batch_tokens
-    max_wait_ms: float = 5.0  # how long the worker waits for company before searching
+    max_wait_ms: float = 20.0  # how long the worker waits for company (only while fewer than last time)
 
     def max_body_bytes(self) -> int:
         return self.max_lines * (self.max_chars * 4 + 8) + 4096  # UTF-8 is at most 4 bytes a character

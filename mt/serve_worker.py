@@ -137,6 +137,7 @@ class Batcher:
         self.held: collections.deque[Job] = collections.deque()  # taken, but over the last batch's budget
         self.searches = 0  # searches run; /v1/health reports them
         self.in_flight = 0  # requests handed over and not yet answered
+        self.company = 1  # jobs in the last batch: how many to wait for in the next
 
     async def translate(self, sources: list[list[int]], options: Options) -> list[dict]:
         job = Job(sources, options, asyncio.get_running_loop().create_future())
@@ -158,12 +159,15 @@ class Batcher:
                 await self._search(options, group)
 
     async def _gather(self) -> list[Job]:
-        """The oldest job, then more while the token budget lasts, waiting up to max_wait for them."""
+        """The oldest job, then what is queued while the token budget lasts; and while the batch
+        has fewer jobs than the last one, wait up to max_wait for more: clients that were just
+        answered are sending their next requests. A lone client never waits."""
         jobs = [self.held.popleft() if self.held else await self.queue.get()]
         tokens = jobs[0].tokens
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while tokens < self.max_batch_tokens:
-            job = self.held.popleft() if self.held else await self._next(deadline)
+            may_wait = len(jobs) < self.company
+            job = self.held.popleft() if self.held else await self._next(deadline if may_wait else 0.0)
             if job is None:
                 break
             if tokens + job.tokens > self.max_batch_tokens:
@@ -171,10 +175,11 @@ class Batcher:
                 break
             jobs.append(job)
             tokens += job.tokens
+        self.company = len(jobs)
         return jobs
 
     async def _next(self, deadline: float) -> Optional[Job]:
-        """A waiting job at once, else the next to arrive before the deadline, else None."""
+        """A queued job at once, else the next to arrive before the deadline, else None."""
         if not self.queue.empty():
             return self.queue.get_nowait()
         remaining = deadline - asyncio.get_running_loop().time()

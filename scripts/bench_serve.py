@@ -42,11 +42,12 @@ from mt.files import read_lines  # noqa: E402
 from mt.translate import fit_source, translate_ids, translate_lines  # noqa: E402
 
 
-def start_server(run_dir: str, checkpoint: str, beam: int, device: str,
-                 threads: Optional[int]) -> tuple[subprocess.Popen, str, int]:
+def start_server(run_dir: str, checkpoint: str, beam: int, device: str, threads: Optional[int],
+                 max_wait_ms: float) -> tuple[subprocess.Popen, str, int]:
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     process = subprocess.Popen([sys.executable, "-m", "mt", "serve", "--run-dir", run_dir, "--port", "0",
-                                "--checkpoint", checkpoint, "--beam", str(beam), "--device", device],
+                                "--checkpoint", checkpoint, "--beam", str(beam), "--device", device,
+                                "--max-wait-ms", str(max_wait_ms)],
                                stderr=subprocess.PIPE, text=True, env=env)
     for line in process.stderr:
         found = re.search(r"at http://(127\.0\.0\.1):(\d+)/", line)
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--max-wait-ms", type=float, default=20.0, help="the server's --max-wait-ms")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads on both sides (the server gets OMP_NUM_THREADS); default: torch's")
     args = parser.parse_args()
@@ -133,7 +135,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_for_inference(args.run_dir, args.checkpoint, args.device)
-    process, host, port = start_server(args.run_dir, args.checkpoint, args.beam, args.device, args.threads)
+    process, host, port = start_server(args.run_dir, args.checkpoint, args.beam, args.device, args.threads,
+                                       args.max_wait_ms)
     try:
         translate_lines(loaded, lines[:50], args.beam)  # warm-up
         start = time.perf_counter()
