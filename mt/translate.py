@@ -25,12 +25,12 @@ from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
 
 import torch
 
-from mt.batching import make_batches
+from mt.batching import make_batches, pad_ids
 from mt.checkpoint import Loaded, load_for_inference
 from mt.errors import MtError
 from mt.model import attention_backends
 from mt.search import Hypothesis, beam_search, greedy_search
-from mt.tokenizer import EOS_ID, PAD_ID
+from mt.tokenizer import EOS_ID
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
                   batch_tokens: Optional[int] = None, record_attention: bool = False) -> list[Translation]:
     """Search every source (piece ids, no EOS) and return the results in input order.
 
-    Sources must already fit the model (see `fit_source`); empty ones are not searched.
+    Sources must already fit the model (see `fit_source`); empty ones are not searched. With
+    `record_attention` each hypothesis carries the cross-attention that produced it (see
+    `Hypothesis.attention`); `mt.align.teacher_forced_attention` gives all three kinds.
     """
     dec = loaded.cfg.decoding
     beam = beam or dec.beam
@@ -63,26 +65,27 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
     # batch size is counted in source tokens times beam: that is what the decoder holds
     for batch in make_batches(lengths, lengths, max(batch_tokens // beam, 1)):
         indices = [todo[k] for k in batch]
-        sources = [list(src_ids[i]) + [EOS_ID] for i in indices]
-        width = max(len(s) for s in sources)
-        tensor = torch.full((len(sources), width), PAD_ID, dtype=torch.long)
-        for row, s in enumerate(sources):
-            tensor[row, : len(s)] = torch.tensor(s)
-        tensor = tensor.to(loaded.device)
-        with attention_backends(), _autocast(loaded.device):
-            if beam == 1 and nbest == 1:
-                found = [[h] for h in greedy_search(loaded.model, tensor, dec.max_len_a, dec.max_len_b,
-                                                    record_attention)]
-            else:
-                found = beam_search(loaded.model, tensor, beam, dec.length_penalty, dec.max_len_a,
-                                    dec.max_len_b, nbest, record_attention)
-        for i, source, hyps in zip(indices, sources, found):
-            if record_attention:  # drop the batch's padding columns
-                for h in hyps:
-                    if h.attention is not None:
-                        h.attention = h.attention[..., : len(source)]
+        found = _search(loaded, [src_ids[i] for i in indices], beam, nbest, record_attention)
+        for i, hyps in zip(indices, found):
+            source = [*src_ids[i], EOS_ID]
+            for h in hyps:
+                if h.attention is not None:  # drop the batch's padding columns
+                    h.attention = h.attention[..., : len(source)]
             results[i] = Translation(source, hyps)
     return results
+
+
+def _search(loaded: Loaded, sources: Sequence[Sequence[int]], beam: int, nbest: int,
+            record_attention: bool) -> list[list[Hypothesis]]:
+    """The n best hypotheses of each source in one batch: greedy search for beam 1, else beam search."""
+    dec = loaded.cfg.decoding
+    width = max(len(s) for s in sources) + 1  # EOS
+    src = torch.from_numpy(pad_ids(sources, width, last=EOS_ID)).to(loaded.device)  # (batch, src_len)
+    with attention_backends(), _autocast(loaded.device):
+        if beam == 1 and nbest == 1:
+            return [[h] for h in greedy_search(loaded.model, src, dec.max_len_a, dec.max_len_b, record_attention)]
+        return beam_search(loaded.model, src, beam, dec.length_penalty, dec.max_len_a, dec.max_len_b, nbest,
+                           record_attention)
 
 
 def _autocast(device: torch.device):
