@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 import torch
 
 import mt
-from mt.align import word_alignment
+from mt.align import teacher_forced_attention, word_alignment
 from mt.checkpoint import Loaded, load_for_inference
-from mt.plot import SentenceAttention, attention_json, teacher_forced_attention
+from mt.plot import CheckpointLabel, SentenceAttention, attention_json, checkpoint_label
 from mt.tokenizer import BOS_ID, EOS_ID
 from mt.translate import Translation, fit_source, translate_ids
 
@@ -59,16 +59,15 @@ class Job:
 class Engine:
     """A loaded model and the calls `mt serve` makes into mt's translate functions."""
 
-    def __init__(self, loaded: Loaded, step: Optional[int]):
+    def __init__(self, loaded: Loaded, label: CheckpointLabel):
         self.loaded = loaded
-        self.step = step
+        self.label = label  # the checkpoint's file name and step
+        self.step = label.step
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str, device: str) -> Engine:
         loaded = load_for_inference(run_dir, checkpoint, device)
-        # the step is metadata only; a memory-mapped load reads it without a second copy of the weights
-        state = torch.load(loaded.path, map_location="cpu", weights_only=True, mmap=True)
-        return cls(loaded, state.get("step"))
+        return cls(loaded, checkpoint_label(loaded.path))
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         """Piece ids per line, exactly as `mt translate` makes them (over-long lines cut)."""
@@ -104,8 +103,8 @@ class Engine:
         weights = teacher_forced_attention(self.loaded.model, result.src_ids, out_ids, self.loaded.device)
         sentence = SentenceAttention(0, "", text, tokenizer.src_pieces(result.src_ids), out_pieces,
                                      tokenizer.trg_pieces([BOS_ID]) + out_pieces[:-1], weights)
-        shaped = attention_json(sentence)
-        for key in ("line", "source", "translation"):  # the result holds these already
+        shaped = attention_json(sentence, self.label)
+        for key in ("checkpoint", "step", "line", "source", "translation"):  # /v1/info and the result hold these
             shaped.pop(key)
         return shaped
 
