@@ -276,6 +276,26 @@ def plot(
     typer.echo(str(plot_curves(run_dir, output)))
 
 
+@app.command()
+def serve(
+    run_dir: RunDirOpt,
+    checkpoint: CheckpointOpt = "best",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    device: DeviceOpt = "auto",
+    beam: BeamOpt = None,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Lines per request.")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per line.")] = 1000,
+    max_batch_tokens: Annotated[Optional[int], typer.Option("--max-batch-tokens", min=1, help="Source tokens searched together; default: decoding.batch_tokens.")] = None,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a search waits for more requests to join it (only while it has fewer than the last search).")] = 20.0,
+) -> None:
+    """Serve translations over HTTP (JSON API at /v1, docs at /docs) and the attention page at /."""
+    from mt.serve import Limits, serve_command
+
+    limits = Limits(max_lines=max_lines, max_chars=max_chars, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+    serve_command(run_dir, checkpoint=checkpoint, host=host, port=port, device=device, beam=beam, limits=limits)
+
+
 def main() -> None:
     """Entry point: run the app; a user's mistake is one line on stderr, not a traceback.
 
