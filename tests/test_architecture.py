@@ -38,9 +38,10 @@ LAYERS = {
     "checkpoint": 4, "align": 4, "loss": 4, "meter": 4, "prepare": 4,
     "translate": 5, "run": 5,
     "evaluate": 6, "plot": 6,
-    "train": 7,
-    "cli": 8,
-    "__main__": 9, "__init__": 9,
+    "train": 7, "serve_worker": 7,
+    "serve": 8,
+    "cli": 9,
+    "__main__": 10, "__init__": 10,
 }
 
 
