@@ -25,6 +25,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from mt.errors import ConfigError
+from mt.files import not_a_file
 
 # ---------------------------------------------------------------------------------------------
 # The schema. A YAML key and its attribute share one spelling: `training.lr` is cfg.training.lr.
@@ -178,7 +179,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """Read a YAML config, apply `--set key=value` overrides, validate, and return it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        reason = not_a_file(path)
+        raise ConfigError(f"{path}: {'no such config file' if reason == 'no such file' else reason}")
     where = _Where(str(path))
     raw = _read_yaml(path, where)
     for override in overrides:
@@ -418,6 +420,6 @@ def _check_files(cfg: Config, where: _Where) -> None:
             if pair and not str(path or "").strip():
                 raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: expected a file path, got an empty one")
             if path and not Path(path).is_file():
-                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: no such file: {path}")
+                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: {not_a_file(Path(path))}: {path}")
     if cfg.data.data_dir and not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"{where('data.data_dir')}: data.data_dir: no such folder: {cfg.data.data_dir}")

@@ -3,6 +3,7 @@ a finite range: a mistake is one line naming the file, line and key, never a han
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,15 @@ def test_numbers_out_of_a_sensible_range_name_the_key_and_line(tmp_path, old, ne
         load_config(path)
     assert str(caught.value).startswith(f"{path}:")
     assert message in str(caught.value)
+
+
+def test_a_fifo_or_device_as_config_or_data_file_says_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"pipe\.yaml: a named pipe \(FIFO\), not a file"):
+        load_config(fifo)  # not opened: reading a FIFO with no writer would hang
+    with pytest.raises(ConfigError, match=r"/dev/null: a character device, not a file"):
+        load_config("/dev/null")
+    path = toy_with(tmp_path, "data/toy/train.src", "/dev/null")
+    with pytest.raises(ConfigError, match=r"data\.train\.src: a character device, not a file: /dev/null"):
+        load_config(path)
