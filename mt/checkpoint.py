@@ -32,11 +32,13 @@ from mt import rundir
 from mt.config import Config, from_dict, to_dict
 from mt.device import autocast_dtype, resolve_device
 from mt.errors import MtError
-from mt.files import atomic_write
+from mt.files import atomic_write, not_a_file
 from mt.model import Transformer
 from mt.tokenizer import PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
@@ -100,7 +102,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load with weights-only semantics; a corrupt, truncated or code-carrying file is an MtError."""
     path = Path(path)
     if not path.is_file():
-        raise MtError(f"{path}: no such checkpoint")
+        reason = not_a_file(path)
+        raise MtError(f"{path}: {'no such checkpoint' if reason == 'no such file' else reason}")
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:  # checked first: torch would call any other file "unsafe to load"
+            raise MtError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated zips and refused globals

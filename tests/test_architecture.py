@@ -32,7 +32,7 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0,
-    "config": 1, "files": 1,
+    "config": 1, "files": 1, "lock": 1,
     "data": 2, "tokenizer": 2, "device": 2, "model": 2,
     "rundir": 3, "batching": 3, "search": 3, "distributed": 3,
     "checkpoint": 4, "align": 4, "loss": 4, "meter": 4, "prepare": 4,

@@ -65,3 +65,21 @@ def test_averaging_gives_the_parameter_mean(tmp_path):
     out = average_checkpoints(run_dir, last=2)
     assert torch.allclose(load_checkpoint(out)["model"]["w"], (tensors[0] + tensors[1]) / 2, atol=1e-7)
 
+
+def test_a_text_file_is_not_a_checkpoint_rather_than_code_that_could_run(tmp_path):
+    path = tmp_path / "best.pt"
+    path.write_text("hello\n")
+    with pytest.raises(MtError, match=r"best\.pt: not a checkpoint \(not a file written by torch\.save\)"):
+        load_checkpoint(path)
+
+
+def test_a_directory_named_like_a_checkpoint_is_called_a_directory(tmp_path):
+    path = tmp_path / "step_0000100.pt"
+    path.mkdir()
+    with pytest.raises(MtError, match=r"step_0000100\.pt: a directory, not a file"):
+        load_checkpoint(path)
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(MtError, match=r"nope\.pt: no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
