@@ -26,6 +26,7 @@ import yaml
 
 from mt.errors import ConfigError
 from mt.files import not_a_file
+from mt.yaml_bounds import check_bounded
 
 # ---------------------------------------------------------------------------------------------
 # The schema. A YAML key and its attribute share one spelling: `training.lr` is cfg.training.lr.
@@ -201,7 +202,7 @@ def _read_yaml(path: Path, where: _Where) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        _check_bounded(text, path)
+        check_bounded(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -214,46 +215,6 @@ def _read_yaml(path: Path, where: _Where) -> dict:
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     _record_lines(node, "", where)
     return raw
-
-
-# A config is a few dozen keys. These bounds keep loading fast whatever a file holds: YAML
-# aliases can make 1 KB expand to billions of nodes, and deep nesting exhausts the recursion
-# of PyYAML's composer.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_DEPTH = 32
-MAX_NODES = 100_000
-
-
-def _check_bounded(text: str, path: Path) -> None:
-    """Refuse, from YAML's event stream and before building anything, a file too big, too deep,
-    or whose aliases expand to too many nodes; each check stops at the first event past it."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {len(text):,} characters; a config is at most {MAX_CONFIG_BYTES:,}")
-    anchored: dict[str, int] = {}  # anchor -> nodes it expands to
-    open_nodes: list[list] = []  # [nodes so far, anchor] per open mapping or sequence
-
-    def add(count: int, line: int) -> None:
-        if open_nodes:
-            open_nodes[-1][0] += count
-            if open_nodes[-1][0] > MAX_NODES:
-                raise ConfigError(f"{path}:{line}: expands to more than {MAX_NODES:,} values "
-                                  "(YAML aliases repeating aliases?); a config holds a few dozen")
-
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.CollectionStartEvent):
-            if len(open_nodes) >= MAX_DEPTH:
-                raise ConfigError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep")
-            open_nodes.append([1, event.anchor])
-        elif isinstance(event, yaml.CollectionEndEvent):
-            count, anchor = open_nodes.pop()
-            anchored[anchor] = count if anchor else 0
-            add(count, line)
-        elif isinstance(event, yaml.ScalarEvent):
-            anchored[event.anchor] = 1
-            add(1, line)
-        elif isinstance(event, yaml.AliasEvent):
-            add(anchored.get(event.anchor, 1), line)
 
 
 def _record_lines(node: yaml.Node, prefix: str, where: _Where) -> None:
@@ -348,19 +309,23 @@ def _convert(hint: Any, value: Any, key: str, where: _Where) -> Any:
             fail("an integer")
         return value
     if hint is float:
-        # YAML 1.1 reads 5e-4 (no dot) as a string; people write it, so take it as the number
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        if not math.isfinite(value):  # .inf or .nan would pass or dodge every range check
-            fail("a finite number")
-        return float(value)
+        return _to_float(value, fail)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             fail("a string")
         return str(value)
     raise AssertionError(f"config schema has an unsupported type {hint} at {key}")
+
+
+def _to_float(value: Any, fail) -> float:
+    # YAML 1.1 reads 5e-4 (no dot) as a string; people write it, so take it as the number
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail("a number")
+    if not math.isfinite(value):  # .inf or .nan would pass or dodge every range check
+        fail("a finite number")
+    return float(value)
 
 
 def _check_range(f: dataclasses.Field, value: Any, key: str, where: _Where) -> None:

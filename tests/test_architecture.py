@@ -32,16 +32,17 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0,
-    "config": 1, "files": 1, "lock": 1,
-    "data": 2, "tokenizer": 2, "device": 2, "model": 2,
-    "rundir": 3, "batching": 3, "search": 3, "distributed": 3,
-    "checkpoint": 4, "align": 4, "loss": 4, "meter": 4, "prepare": 4,
-    "translate": 5, "run": 5,
-    "evaluate": 6, "plot": 6,
-    "train": 7, "serve_worker": 7,
-    "serve": 8,
-    "cli": 9,
-    "__main__": 10, "__init__": 10,
+    "files": 1, "lock": 1, "yaml_bounds": 1,
+    "config": 2,
+    "data": 3, "tokenizer": 3, "device": 3, "model": 3,
+    "rundir": 4, "batching": 4, "search": 4, "distributed": 4,
+    "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5,
+    "translate": 6, "run": 6,
+    "evaluate": 7, "plot": 7,
+    "train": 8, "serve_worker": 8,
+    "serve": 9,
+    "cli": 10,
+    "__main__": 11, "__init__": 11,
 }
 
 

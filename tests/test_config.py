@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import error_line
-from mt.config import MAX_DEPTH, load_config
+from mt.config import load_config
+from mt.yaml_bounds import MAX_DEPTH
 from mt.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
