@@ -25,23 +25,38 @@ from mt.files import atomic_write, read_lines, sha256_file
 
 log = logging.getLogger(__name__)
 
-# Multi30k task 1 (Elliott et al., 2016): image captions, 29k training pairs.
+# Multi30k task 1 (Elliott et al., 2016; French 2017, Czech 2018): image captions, 29k training
+# pairs in English, German, French and Czech. Czech has only the 2016 test set, so a direction's
+# test sets are those published in both of its languages.
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
-MULTI30K_LANGS = ("de", "en")  # the languages whose file sums are pinned below
 MULTI30K_TRAIN = "train"
 MULTI30K_DEV = "val"
-MULTI30K_TESTS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+MULTI30K_TESTS = {  # language -> the test sets published in it
+    "cs": ("test_2016_flickr",),
+    "de": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+    "en": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+    "fr": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+}
+MULTI30K_LANGS = tuple(MULTI30K_TESTS)
 MULTI30K_SHA256 = {
+    "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
     "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
     "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2016_flickr.fr.gz": "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
     "test_2017_flickr.de.gz": "a2c89666db00c495cd8513b9d708d5a3acc205d7de312ef2bf5fb7ebc1540aee",
     "test_2017_flickr.en.gz": "76a444ee25172e72695cddb13ae4a3bda59430617be88e0bb46b60504f054074",
+    "test_2017_flickr.fr.gz": "3ba671ceb2299f3304ffafefea7a833d08632fbaf0ba18546f8a2ec2391af496",
     "test_2017_mscoco.de.gz": "799e4854c25d601cb6cb6be29eabe5667734c61ace2f495e03e429031a0bc338",
     "test_2017_mscoco.en.gz": "aab300bfb4427697987e02cd0aacd44bfe8aa50456231b6474c08038bbed2b58",
+    "test_2017_mscoco.fr.gz": "754f3072ba9f124569ba5258b32730fc1d214bbf8e0c6dfb2b74401676220db0",
+    "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
     "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
     "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+    "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
     "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
     "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
 }
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -79,14 +94,20 @@ def _plan(cfg: DataConfig) -> dict[str, _Split]:
         "train": _Split(cfg.train) if cfg.train else _Split(None, MULTI30K_TRAIN),
         "dev": _Split(cfg.dev) if cfg.dev else _Split(None, MULTI30K_DEV),
     }
-    tests = {name: _Split(None, name) for name in MULTI30K_TESTS} if corpus else {}
+    if corpus:
+        _check_languages(cfg)
+    elif any(split.given is None for split in plan.values()):
+        raise ConfigError("data.train and data.dev: expected src/trg files, or data.corpus: multi30k")
+    tests = {name: _Split(None, name) for name in corpus_tests(cfg.src_lang, cfg.trg_lang)} if corpus else {}
     tests.update({name: _Split(pair) for name, pair in cfg.test.items()})
     plan.update({f"test.{name}": split for name, split in tests.items()})
-    if any(split.given is None for split in plan.values()):
-        if not corpus:
-            raise ConfigError("data.train and data.dev: expected src/trg files, or data.corpus: multi30k")
-        _check_languages(cfg)
     return plan
+
+
+def corpus_tests(src_lang: str, trg_lang: str) -> tuple[str, ...]:
+    """Multi30k's test sets for this direction: those published in both languages."""
+    trg_tests = MULTI30K_TESTS.get(trg_lang, ())
+    return tuple(name for name in MULTI30K_TESTS.get(src_lang, ()) if name in trg_tests)
 
 
 def _check_languages(cfg: DataConfig) -> None:

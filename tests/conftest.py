@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,15 @@ import pytest
 import yaml
 
 
+# read at start-up: some tests clear $MT_DATA before this fixture runs
+MULTI30K_DIR = Path(os.environ.get("MT_DATA") or Path(__file__).resolve().parents[2] / "shared/data/multi30k")
+
+
 @pytest.fixture
 def multi30k_dir() -> Path:
-    """The Multi30k task-1 files (*.de.gz, *.en.gz) where the project keeps a copy; skips without them."""
-    path = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+    """The Multi30k task-1 files where the project keeps a copy ($MT_DATA, else ../shared beside
+    the checkout); skips without them."""
+    path = MULTI30K_DIR
     if not (path / "train.de.gz").is_file():
         pytest.skip(f"Multi30k files not found in {path}")
     return path

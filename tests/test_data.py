@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mt.config import DataConfig, FilterConfig
-from mt.data import (MULTI30K_SHA256, filter_pairs, input_sums, load_ids, read_parallel,
+from mt.data import (MULTI30K_SHA256, corpus_tests, filter_pairs, input_sums, load_ids, read_parallel,
                      resolve_files, save_ids)
 from mt.errors import MtError
 from mt.files import sha256_file
@@ -238,13 +238,14 @@ def cached_names(cache: Path) -> list[str]:
 
 
 MULTI30K = DataConfig(corpus="multi30k")
+DE_EN_FILES = sorted(name for name in MULTI30K_SHA256 if name.endswith((".de.gz", ".en.gz")))
 
 
 def test_download_is_verified_cached_and_reused_without_the_server(server, multi30k_dir, monkeypatch, offline):
     serve_corpus(server, multi30k_dir, monkeypatch)
     first = resolve_files(MULTI30K)
-    assert sorted(server.requests) == sorted(MULTI30K_SHA256)
-    assert cached_names(offline) == sorted(MULTI30K_SHA256)
+    assert sorted(server.requests) == DE_EN_FILES
+    assert cached_names(offline) == DE_EN_FILES
     assert sha256_file(first.dev.src) == MULTI30K_SHA256["val.de.gz"]
     assert set(first.tests) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
     assert len(read_parallel(first.dev.src, first.dev.trg)) == 1014
@@ -266,7 +267,7 @@ def test_checksum_mismatch_keeps_nothing_and_a_retry_works(server, multi30k_dir,
     files = resolve_files(MULTI30K)
     assert sha256_file(files.dev.trg) == MULTI30K_SHA256["val.en.gz"]
     assert "train.de.gz" not in server.requests, "files already verified were fetched again"
-    assert cached_names(offline) == sorted(MULTI30K_SHA256)
+    assert cached_names(offline) == DE_EN_FILES
 
 
 def test_a_corrupted_cached_file_is_downloaded_again(server, multi30k_dir, monkeypatch, offline):
@@ -314,5 +315,30 @@ def test_wrong_file_in_data_dir_is_a_checksum_error(tmp_path, multi30k_dir):
 
 
 def test_corpus_with_an_unsupported_language_is_a_config_error():
-    with pytest.raises(MtError, match="data.trg_lang: 'fr' is not a language of corpus multi30k"):
-        resolve_files(DataConfig(corpus="multi30k", src_lang="de", trg_lang="fr"))
+    with pytest.raises(MtError, match=r"^data.trg_lang: 'ja' is not a language of corpus multi30k here; "
+                                      r"supported: cs, de, en, fr$"):
+        resolve_files(DataConfig(corpus="multi30k", src_lang="de", trg_lang="ja"))
+    with pytest.raises(MtError, match=r"^data.src_lang: 'ja' is not"):
+        input_sums(DataConfig(corpus="multi30k", src_lang="ja", trg_lang="en"))
+
+
+def test_every_multi30k_file_of_every_language_is_pinned():
+    for lang, tests in {"cs": 1, "de": 3, "en": 3, "fr": 3}.items():
+        assert sum(name.endswith(f".{lang}.gz") for name in MULTI30K_SHA256) == 2 + tests
+
+
+@pytest.mark.parametrize("src, trg, tests", [
+    ("fr", "cs", {"test_2016_flickr"}),
+    ("cs", "en", {"test_2016_flickr"}),
+    ("en", "fr", {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}),
+])
+def test_a_direction_gets_the_test_sets_both_languages_have(multi30k_dir, monkeypatch, src, trg, tests):
+    monkeypatch.setenv("MT_DATA", str(multi30k_dir))  # the refused MT_CORPUS_URL: nothing may be fetched
+    cfg = DataConfig(corpus="multi30k", src_lang=src, trg_lang=trg)
+    files = resolve_files(cfg)
+    assert set(files.tests) == set(corpus_tests(src, trg)) == tests
+    assert Path(files.train.src).name == f"train.{src}.gz" and Path(files.dev.trg).name == f"val.{trg}.gz"
+    for name, pair in files.tests.items():
+        assert sha256_file(pair.trg) == MULTI30K_SHA256[f"{name}.{trg}.gz"]
+    assert len(read_parallel(files.train.src, files.train.trg)) == 29000
+    assert len(read_parallel(files.dev.src, files.dev.trg)) == 1014
