@@ -77,7 +77,9 @@ class TokenizerConfig:
     vocab_size: int = field(default=8000, metadata={"ge": 16})
     joint: bool = True  # one SentencePiece model and vocabulary for both sides
     character_coverage: float = field(default=1.0, metadata={"gt": 0, "le": 1})
-    max_sentences: int = field(default=2_000_000, metadata={"gt": 0})  # sample for training
+    # sentences SentencePiece trains on, sampled from the whole corpus: SentencePiece itself
+    # warns above 1M and advises sampling that many (input_sentence_size, shuffle_input_sentence)
+    max_sentences: int = field(default=1_000_000, metadata={"gt": 0})
 
 
 @dataclass

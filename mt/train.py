@@ -146,7 +146,7 @@ def make_run(cfg: Config, run_dir: Path, device: torch.device, dist: distributed
     model = dist.wrap(raw_model)
     if cfg.training.compile:
         model = torch.compile(model, dynamic=False)
-    train_ids = load_ids(run_dir / "cache" / "train.npz")
+    train_ids = load_ids(run_dir / "cache" / "train")
     stream = BatchStream(train_ids.src, train_ids.trg, cfg.training.batch_tokens, cfg.training.seed,
                          cfg.model.max_len, rank=dist.rank, world=dist.world)
     return Run(cfg, run_dir, device, model, raw_model, tokenizer, optimizer, scheduler, scaler,
@@ -528,7 +528,7 @@ def dev_data(run: Run) -> dict:
         from mt.prepare import load_prepared
 
         files = load_prepared(run.run_dir).files.dev
-        ids = load_ids(run.run_dir / "cache" / "dev.npz")
+        ids = load_ids(run.run_dir / "cache" / "dev")
         lengths = lambda side: [min(len(x), run.cfg.model.max_len - 1) for x in side]  # noqa: E731
         run.dev = {"ids": ids, "batches": make_batches(lengths(ids.src), lengths(ids.trg), run.cfg.training.batch_tokens),
                     "src_lines": read_lines(files.src), "trg_lines": read_lines(files.trg)}
