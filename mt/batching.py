@@ -13,7 +13,7 @@ import queue
 import random
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,22 @@ def epoch_order(num_batches: int, seed: int, epoch: int, rank: int = 0, world: i
     random.Random(seed + epoch).shuffle(order)
     usable = len(order) - len(order) % world
     return order[rank:usable:world]
+
+
+def pad_ids(rows: Sequence[Sequence[int]], width: int, *, first: Optional[int] = None,
+            last: Optional[int] = None) -> np.ndarray:
+    """Rows of ids in one (rows, width) int64 array, PAD after each: `first` (BOS) before
+    every row and `last` (EOS) after it, when given. Training batches and translation both
+    pad this way, so a sentence reaches the model the same in both."""
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    start = 0 if first is None else 1
+    for row, ids in enumerate(rows):
+        if first is not None:
+            out[row, 0] = first
+        out[row, start : start + len(ids)] = ids
+        if last is not None:
+            out[row, start + len(ids)] = last
+    return out
 
 
 def collate(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], indices: Sequence[int],

@@ -1,12 +1,9 @@
 """`mt prepare`: fetch and check the data, train SentencePiece, encode train/dev into the run's cache.
 
-A prepared run directory holds
-
-    config.yaml        the resolved config
-    tokenizer/         joint.model, or src.model and trg.model
-    cache/train/       ids of the filtered training pairs (flat arrays, mapped by training; idcache.py)
-    cache/dev/         ids of every dev pair (dev BLEU must cover the whole dev set)
-    manifest.json      what was made from what: versions, SHA-256 sums, counts, prepare_key
+A prepared run directory (layout: rundir.py) holds the resolved config, the tokenizer, the id
+caches of train and dev (folders of mapped arrays, idcache.py; dev BLEU must cover the whole dev
+set, so dev is not filtered) and manifest.json: what was made from what (versions, SHA-256 sums,
+counts, prepare_key).
 
 Memory stays flat in the corpus size: the training files are read twice in chunks, once to check
 and filter them and draw SentencePiece's sample (`tokenizer.max_sentences`), once to encode the
@@ -36,19 +33,15 @@ from mt.config import Config, FilePair, to_dict, to_yaml
 from mt.data import (PairFilter, ResolvedData, count_lines, input_sums, read_parallel, read_parallel_chunks,
                      resolve_files, save_ids)
 from mt.errors import MtError
+from mt import rundir
 from mt.files import write_text
-from mt.idcache import IdCacheWriter, cache_exists
+from mt.idcache import IdCacheWriter
 from mt.progress import Progress, Ticking
 from mt.tokenizer import Tokenizer, save_models, train_models
 
 log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = 1  # bump when the outputs change meaning, so older run dirs are redone
-CONFIG_FILE = "config.yaml"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
-TRAIN_IDS = "cache/train"  # folders of mapped arrays: see idcache.py
-DEV_IDS = "cache/dev"
 CHUNK_PAIRS = 50_000  # pairs read, filtered and encoded at a time: what prepare holds, whatever the corpus
 RESERVOIR_SEED = 12345678  # SentencePiece's own sampling seed; any fixed number would do
 
@@ -62,23 +55,23 @@ class Prepared:
 
     @property
     def config_path(self) -> Path:
-        return self.run_dir / CONFIG_FILE
+        return rundir.config_file(self.run_dir)
 
     @property
     def manifest_path(self) -> Path:
-        return self.run_dir / MANIFEST_FILE
+        return rundir.manifest_file(self.run_dir)
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.run_dir / TOKENIZER_DIR
+        return rundir.tokenizer_dir(self.run_dir)
 
     @property
     def train_ids(self) -> Path:
-        return self.run_dir / TRAIN_IDS
+        return rundir.ids_file(self.run_dir, "train")
 
     @property
     def dev_ids(self) -> Path:
-        return self.run_dir / DEV_IDS
+        return rundir.ids_file(self.run_dir, "dev")
 
 
 @dataclass
@@ -107,7 +100,7 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     if manifest is not None:
         if _refresh_records(cfg, prepared, sums, manifest):
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
-                     run_dir, CONFIG_FILE, MANIFEST_FILE)
+                     run_dir, prepared.config_path.name, prepared.manifest_path.name)
         else:
             log.info("%s: already prepared (nothing changed); --force redoes it", run_dir)
         return prepared
@@ -130,18 +123,9 @@ def prepare_key(cfg: Config, sums: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def is_prepared(cfg: Config) -> bool:
-    """Whether cfg.run_dir holds outputs made from exactly these inputs and settings."""
-    return _current_manifest(Path(cfg.run_dir), prepare_key(cfg, input_sums(cfg.data))) is not None
-
-
 def load_prepared(run_dir: str | Path) -> Prepared:
-    """The prepared run in `run_dir`, for train/translate/eval; an error if it was never prepared."""
-    run_dir = Path(run_dir)
-    manifest = _read_manifest(run_dir)
-    if manifest is None or not _outputs_exist(run_dir, manifest):
-        raise MtError(f"{run_dir} is not prepared: run mt prepare --config CONFIG")
-    return Prepared(run_dir, _files_from_record(manifest["files"]))
+    """The prepared run in `run_dir`; an error if it was never prepared."""
+    return Prepared(Path(run_dir), rundir.recorded_files(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,25 +133,9 @@ def load_prepared(run_dir: str | Path) -> Prepared:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_manifest(run_dir: Path) -> Optional[dict]:
-    path = run_dir / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
-
-
-def _outputs_exist(run_dir: Path, manifest: dict) -> bool:
-    models = [f"{TOKENIZER_DIR}/{name}" for name in manifest.get("tokenizer", {}).get("models", {})]
-    return (bool(models) and all((run_dir / name).is_file() for name in [CONFIG_FILE, *models])
-            and cache_exists(run_dir / TRAIN_IDS) and cache_exists(run_dir / DEV_IDS))
-
-
 def _current_manifest(run_dir: Path, key: str) -> Optional[dict]:
-    manifest = _read_manifest(run_dir)
-    if manifest is None or manifest.get("prepare_key") != key or not _outputs_exist(run_dir, manifest):
+    manifest = rundir.read_manifest(run_dir)
+    if manifest is None or manifest.get("prepare_key") != key or not rundir.outputs_exist(run_dir, manifest):
         return None
     return manifest
 
@@ -180,7 +148,7 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], mani
     if manifest.get("config") == config and manifest.get("files") == files:
         return False
     write_text(prepared.config_path, to_yaml(cfg))
-    write_text(prepared.manifest_path, json.dumps({**manifest, "config": config, "files": files}, indent=2) + "\n")
+    rundir.write_manifest(prepared.run_dir, {**manifest, "config": config, "files": files})
     return True
 
 
@@ -284,7 +252,7 @@ def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, s
         "filter_dropped": outputs.dropped,
         "config": to_dict(cfg),
     }
-    write_text(prepared.manifest_path, json.dumps(manifest, indent=2) + "\n")
+    rundir.write_manifest(prepared.run_dir, manifest)
 
 
 def _encode_train(prepared: Prepared, outputs: _Outputs) -> None:
@@ -324,11 +292,3 @@ def _files_record(files: ResolvedData, sums: dict[str, str]) -> dict:
         "dev": pair("dev", files.dev),
         "test": {name: pair(f"test.{name}", test) for name, test in files.tests.items()},
     }
-
-
-def _files_from_record(record: dict) -> ResolvedData:
-    def pair(entry: dict) -> FilePair:
-        return FilePair(src=entry["src"]["path"], trg=entry["trg"]["path"])
-
-    return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
-                        tests={name: pair(entry) for name, entry in record["test"].items()})

@@ -111,12 +111,13 @@ def child_train_start(config: str) -> dict:
 
     import torch._dynamo  # noqa: F401  (AdamW imports it on first use: seconds of imports, not data)
 
-    from mt import distributed
+    from mt import distributed, rundir
     from mt.batching import BatchStream, Position
     from mt.config import load_config
-    from mt.data import load_ids
+    from mt.idcache import load_ids
     from mt.prepare import prepare
-    from mt.train import State, check_run_dir, make_run, train_step
+    from mt.run import State, check_run_dir, make_run
+    from mt.train import train_step
 
     start = time.perf_counter()
     cfg = load_config(config)
@@ -129,7 +130,7 @@ def child_train_start(config: str) -> dict:
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     data_start = time.perf_counter()  # the data's part alone: map the cache, make batches, pad one
-    ids = load_ids(Path(cfg.run_dir) / "cache" / "train")
+    ids = load_ids(rundir.ids_file(cfg.run_dir, "train"))
     stream = BatchStream(ids.src, ids.trg, cfg.training.batch_tokens, cfg.training.seed, cfg.model.max_len)
     next(stream(Position()))
     return {"seconds": seconds, "peak_mb": peak_mb, "data_seconds": time.perf_counter() - data_start,
