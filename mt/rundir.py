@@ -27,8 +27,8 @@ from typing import Optional
 from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
-from mt.idcache import cache_exists
 from mt.files import read_lines, write_text
+from mt.idcache import cache_exists
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
