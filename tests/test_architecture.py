@@ -32,8 +32,8 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0,
-    "files": 1, "lock": 1, "yaml_bounds": 1,
-    "config": 2,
+    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1,
+    "config": 2, "idcache": 2,
     "data": 3, "tokenizer": 3, "device": 3, "model": 3,
     "rundir": 4, "batching": 4, "search": 4, "distributed": 4,
     "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5,
