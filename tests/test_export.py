@@ -47,6 +47,7 @@ ARCHITECTURES = {
 SHARPEN = 4.0
 EOS_NUDGE = 8.0
 BOS_DROP = -40.0
+VARIANT_STEPS = 300
 
 
 def load_exported(folder: Path):
@@ -67,7 +68,7 @@ def random_run(base: Path, data: Path, options: dict) -> Path:
     """A prepared run dir whose best.pt holds an untrained model with these options."""
     overrides = {f"model__{k}": v for k, v in options.items() if k != "joint"}
     config = toy_config(base / "cfg.yaml", data, base / "run", tokenizer__joint=options["joint"],
-                        tokenizer__vocab_size=60, model__d_model=32, model__ff_dim=64, **overrides)
+                        tokenizer__vocab_size=40, model__d_model=32, model__ff_dim=64, **overrides)
     cfg = load_config(config)
     prepare(cfg)
     tokenizer = Tokenizer.load(base / "run/tokenizer")
@@ -93,24 +94,64 @@ def mt_results(run_dir: Path, lines: list[str], beam: int) -> list[tuple[str, fl
     return [(text, t.hyps[0].score, t.hyps[0].normalized) for text, t in zip(texts, found)]
 
 
-def assert_same_output(mine: list[tuple[str, float, float]], exported: list) -> None:
-    assert all(r.ended for r in exported), "a search reached the length limit: the test model must end sooner"
-    assert [r.text for r in exported] == [text for text, _, _ in mine]
-    for (_, score, normalized), r in zip(mine, exported):
-        assert r.score == pytest.approx(score, abs=1e-3)
-        assert r.normalized == pytest.approx(normalized, abs=1e-3)
+def limit(run_dir: Path, line: str) -> int:
+    """mt's output length limit for this line (search.max_output_lengths)."""
+    loaded = load_for_inference(run_dir, "best", "cpu")
+    dec, pieces = loaded.cfg.decoding, len(fit_source(loaded, [line])[0])
+    return min(max(int(dec.max_len_a * pieces + dec.max_len_b), 1), loaded.cfg.model.max_len - 1)
+
+
+def assert_same_output(mine: list[tuple[str, float, float]], exported: list, must_agree: list[bool]) -> None:
+    """Equal text on every line that must agree; equal scores where the output ended with </s>."""
+    for (text, score, normalized), r, agree in zip(mine, exported, must_agree):
+        if agree:
+            assert r.text == text
+        if agree and r.ended:
+            assert r.score == pytest.approx(score, abs=1e-3)
+            assert r.normalized == pytest.approx(normalized, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_every_architecture_translates_exactly_as_mt(name, toy_data, tmp_path):
+def test_every_architecture_translates_greedily_exactly_as_mt(name, toy_data, tmp_path):
     run_dir = random_run(tmp_path, toy_data, ARCHITECTURES[name])
     folder = export_run(run_dir, tmp_path / "exported")
     lines = read_lines(toy_data / "dev.src") + [""]  # an empty line gives an empty line
+    mine = mt_results(run_dir, lines, beam=1)
+    assert len({text for text, _, _ in mine}) > 10, "the test model should say different things"
+    assert_same_output(mine, load_exported(folder).translate(lines, beam=1), [True] * len(lines))
+
+
+@pytest.fixture(scope="module")
+def variant_run(tmp_path_factory) -> Path:
+    """A toy model trained briefly with every option value the toy config does not use."""
+    base = tmp_path_factory.mktemp("variant")
+    data = make_toy_data(base / "data", train=3000, dev=60, test=60)
+    config = toy_config(base / "v.yaml", data, base / "run", tokenizer__joint=False, tokenizer__vocab_size=40,
+                        model__norm="post", model__activation="gelu", model__positions="learned",
+                        model__share_embeddings=False, model__tie_output=False, model__d_model=32, model__ff_dim=64,
+                        training__max_steps=VARIANT_STEPS, training__validate_every=VARIANT_STEPS,
+                        training__save_every=VARIANT_STEPS)
+    run_mt("train", "--config", str(config))
+    return base
+
+
+@pytest.mark.parametrize("which", ["toy_run", "variant_run"])
+def test_trained_models_translate_exactly_as_mt_greedy_and_beam_5(which, request, tmp_path):
+    """Beam search agrees on every line whose search ends before its length limit (where mt
+    forces </s> and CTranslate2 stops without it): nearly every line for a trained model."""
+    base = request.getfixturevalue(which)
+    run_dir = base / "run"
+    folder = export_run(run_dir, tmp_path / "exported")
     exported = load_exported(folder)
+    lines = read_lines(base / "data/test.src")[:60]
+    limits = [limit(run_dir, line) for line in lines]
     for beam in (1, 5):
         mine = mt_results(run_dir, lines, beam)
-        assert len({text for text, _, _ in mine}) > 20, "the test model should say different things"
-        assert_same_output(mine, exported.translate(lines, beam=beam))
+        theirs = exported.translate(lines, beam=beam)
+        pieces = load_for_inference(run_dir, "best", "cpu").tokenizer.encode_trg([t for t, _, _ in mine])
+        must_agree = [len(p) < n and r.ended for p, r, n in zip(pieces, theirs, limits)]
+        assert sum(must_agree) >= 0.9 * len(lines)
+        assert_same_output(mine, theirs, must_agree if beam > 1 else [True] * len(lines))
 
 
 def test_greedy_tokens_agree_where_the_length_limit_stops_the_search(toy_data, tmp_path):
