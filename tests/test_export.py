@@ -26,7 +26,7 @@ from mt.errors import MtError  # noqa: E402
 from mt.export import check_architecture, export_run  # noqa: E402
 from mt.files import read_lines  # noqa: E402
 from mt.prepare import prepare  # noqa: E402
-from mt.tokenizer import BOS_ID, EOS_ID, Tokenizer  # noqa: E402
+from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer  # noqa: E402
 from mt.translate import fit_source, translate_ids  # noqa: E402
 
 # Every architecture option mt trains, each value in at least one model.
@@ -42,11 +42,11 @@ ARCHITECTURES = {
 }
 # A random model's logits are flat, and a tied one's first step predicts BOS: mt never outputs
 # PAD or BOS, CTranslate2 would if they were among its best candidates. Like a trained model's,
-# the test models' logits are sharpened, BOS is pushed down (PAD's logit stays 0, far below the
-# best ones), and EOS gets a lift so that sentences end after a few tokens.
+# the test models' logits are sharpened, PAD and BOS are pushed down, and EOS gets a lift so
+# that some sentences end before the length limit.
 SHARPEN = 4.0
 EOS_NUDGE = 8.0
-BOS_DROP = -40.0
+SPECIAL_DROP = -40.0
 VARIANT_STEPS = 300
 
 
@@ -77,9 +77,10 @@ def random_run(base: Path, data: Path, options: dict) -> Path:
     with torch.no_grad():  # the decoder's last norm makes the logits: sharpen them, and favour EOS
         last_norm = model.decoder_norm if options["norm"] == "pre" else model.decoder_layers[-1].ff_res.norm
         last_norm.weight *= SHARPEN
-        for token, lift in ((EOS_ID, EOS_NUDGE), (BOS_ID, BOS_DROP)):
+        for token, lift in ((EOS_ID, EOS_NUDGE), (BOS_ID, SPECIAL_DROP), (PAD_ID, SPECIAL_DROP)):
             row = model.output.weight[token]
-            last_norm.bias += lift * row / row.dot(row)
+            if row.any():  # a tied PAD row is zero: its logit is 0, far below the best ones
+                last_norm.bias += lift * row / row.dot(row)
     checkpoint_dir(base / "run").mkdir(exist_ok=True)
     save_checkpoint(checkpoint_dir(base / "run") / "best.pt",
                     {"model": model.state_dict(), "config": to_dict(cfg), "tokenizer": tokenizer.identity(), "step": 0})
