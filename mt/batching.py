@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +74,22 @@ def epoch_order(num_batches: int, seed: int, epoch: int, rank: int = 0, world: i
     return order[rank:usable:world]
 
 
+def pad_ids(rows: Sequence[Sequence[int]], width: int, *, first: Optional[int] = None,
+            last: Optional[int] = None) -> np.ndarray:
+    """Rows of ids in one (rows, width) int64 array, PAD after each: `first` (BOS) before
+    every row and `last` (EOS) after it, when given. Training batches and translation both
+    pad this way, so a sentence reaches the model the same in both."""
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    start = 0 if first is None else 1
+    for row, ids in enumerate(rows):
+        if first is not None:
+            out[row, 0] = first
+        out[row, start : start + len(ids)] = ids
+        if last is not None:
+            out[row, start + len(ids)] = last
+    return out
+
+
 def collate(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], indices: Sequence[int],
             pad_multiple: int = 8, max_len: int | None = None) -> Batch:
     """Pad the chosen sentences into tensors; sources get EOS, targets BOS (in) and EOS (out)."""
@@ -86,14 +102,9 @@ def collate(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], indices: Seque
     trg_len = round_up(max(len(t) for t in trg) + 1, pad_multiple)
     if max_len is not None:
         src_len, trg_len = min(src_len, max_len), min(trg_len, max_len)
-    src_ids = np.full((len(src), src_len), PAD_ID, dtype=np.int64)
-    trg_in = np.full((len(trg), trg_len), PAD_ID, dtype=np.int64)
-    trg_out = np.full((len(trg), trg_len), PAD_ID, dtype=np.int64)
-    for row, (s, t) in enumerate(zip(src, trg)):
-        src_ids[row, : len(s)], src_ids[row, len(s)] = s, EOS_ID
-        trg_in[row, 0], trg_in[row, 1 : len(t) + 1] = BOS_ID, t
-        trg_out[row, : len(t)], trg_out[row, len(t)] = t, EOS_ID
-    tensors = [torch.from_numpy(a) for a in (src_ids, trg_in, trg_out)]
+    arrays = (pad_ids(src, src_len, last=EOS_ID), pad_ids(trg, trg_len, first=BOS_ID),
+              pad_ids(trg, trg_len, last=EOS_ID))
+    tensors = [torch.from_numpy(a) for a in arrays]
     if torch.cuda.is_available():
         tensors = [t.pin_memory() for t in tensors]
     return Batch(*tensors, trg_tokens=sum(len(t) + 1 for t in trg), src_tokens=sum(len(s) + 1 for s in src))

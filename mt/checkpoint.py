@@ -1,37 +1,44 @@
-"""What a checkpoint holds, writing it safely, loading it without unpickling code, averaging.
+"""What a checkpoint holds, building and writing it safely, loading it without unpickling code, averaging.
 
 A checkpoint is one `torch.save` dict of tensors and plain data only:
-  model, optimizer, scheduler, scaler  state dicts
-  rng                                  Python and torch (CPU, CUDA) generator states
-  step, position                       updates done; (epoch, batches done) in the data
-  best, bad_validations                best validation score so far, early-stopping counter
-  config                               the resolved config as plain data
-  tokenizer                            the tokenizer's identity (file hashes, vocab sizes)
-It is loaded with `torch.load(weights_only=True)`, which refuses anything that would run code.
 
-Files in RUN_DIR/checkpoints: step_<N>.pt (the newest `keep_checkpoints` are kept; the
-newest is "last"), best.pt (best validation score), averaged.pt (`mt average`).
+  model        the model's state dict
+  config       the resolved config as plain data (`config.to_dict`)
+  tokenizer    the tokenizer's identity (model file hashes, vocab sizes): refused with any other
+  step         updates done
+  state        the training state: step, position {epoch, batches_done}, best, bad_validations,
+               bad_steps, memory_skips, skipped_steps
+and, in step_<N>.pt only (what resuming needs):
+  optimizer, scheduler, scaler   their state dicts
+  rng          Python and torch (CPU, CUDA) generator states; under torchrun a list, one per rank
+best.pt leaves those out; averaged.pt (`mt average`) holds model, config, tokenizer, step and
+averaged_from (the step files it averaged) instead of state.
+
+It is loaded with `torch.load(weights_only=True)`, which refuses anything that would run code.
+Where the files lie in a run dir (step_<N>.pt, best.pt, averaged.pt) is rundir.py's business.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from mt.config import Config, from_dict
+from mt import rundir
+from mt.config import Config, from_dict, to_dict
+from mt.device import autocast_dtype, resolve_device
 from mt.errors import MtError
-from mt.files import atomic_write
+from mt.files import atomic_write, not_a_file
 from mt.model import Transformer
 from mt.tokenizer import PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
-STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
@@ -46,25 +53,43 @@ def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise MtError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MtError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    return torch.device(name)
+def make_checkpoint(model: Transformer, cfg: Config, tokenizer: Tokenizer, state: dict,
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+                    scaler: Optional[torch.amp.GradScaler] = None, rng: Optional[dict | list] = None) -> dict:
+    """The checkpoint dict (see the top of this module); with an optimizer, everything resuming needs."""
+    out = {"model": model.state_dict(), "config": to_dict(cfg), "tokenizer": tokenizer.identity(),
+           "step": state["step"], "state": state}
+    if optimizer is not None:
+        out.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                   scaler=scaler.state_dict(), rng=rng)
+    return out
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+def restore(ckpt: dict, model: Transformer, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, rank: int = 0) -> dict:
+    """Load a step checkpoint's weights, optimizer, schedule and this rank's RNG states; returns its state."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_states(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+    return ckpt["state"]
 
 
-def step_checkpoints(run_dir: str | Path) -> list[Path]:
-    """step_<N>.pt files, oldest first."""
-    found = [(int(m.group(1)), p) for p in checkpoint_dir(run_dir).glob("step_*.pt")
-             if (m := STEP_FILE.search(p.name))]
-    return [p for _, p in sorted(found)]
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -77,7 +102,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load with weights-only semantics; a corrupt, truncated or code-carrying file is an MtError."""
     path = Path(path)
     if not path.is_file():
-        raise MtError(f"{path}: no such checkpoint")
+        reason = not_a_file(path)
+        raise MtError(f"{path}: {'no such checkpoint' if reason == 'no such file' else reason}")
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:  # checked first: torch would call any other file "unsafe to load"
+            raise MtError(f"{path}: not a checkpoint (not a file written by torch.save)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated zips and refused globals
@@ -93,12 +122,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def resolve_checkpoint(run_dir: str | Path, name: str) -> Path:
     """best | last | averaged | a file path -> the checkpoint file."""
     if name == "last":
-        steps = step_checkpoints(run_dir)
+        steps = rundir.step_checkpoints(run_dir)
         if not steps:
             raise MtError(f"{run_dir}: no checkpoints yet (train first: mt train --config C)")
         return steps[-1]
     if name in ("best", "averaged"):
-        path = checkpoint_dir(run_dir) / f"{name}.pt"
+        path = rundir.named_checkpoint(run_dir, name)
         if name == "best" and not path.is_file():
             return resolve_checkpoint(run_dir, "last")  # a run stopped before its first validation
         if not path.is_file():
@@ -124,16 +153,19 @@ class Loaded:
     tokenizer: Tokenizer
     path: Optional[Path]
     device: torch.device
+    autocast_dtype: Optional[torch.dtype] = None  # None: full precision
 
 
-def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Loaded:
+def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+                       precision: Optional[str] = None) -> Loaded:
+    """The checkpoint's model on `device`, decoding in `precision` (default: the one it was trained in)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "tokenizer").is_dir():
+    if not rundir.tokenizer_dir(run_dir).is_dir():
         raise MtError(f"{run_dir}: not an mt run directory (no tokenizer/ in it; run mt train first)")
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     cfg = from_dict(state["config"], source=str(path))
-    tokenizer = Tokenizer.load(run_dir / "tokenizer")
+    tokenizer = Tokenizer.load(rundir.tokenizer_dir(run_dir))
     check_identity(state, tokenizer, path)
     model = build_model(cfg, tokenizer)
     try:
@@ -143,13 +175,14 @@ def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: st
         raise MtError(f"{path}: its weights do not fit the model its config describes ({first})") from None
     torch_device = resolve_device(device)
     model.to(torch_device).eval()
+    dtype = autocast_dtype(precision or cfg.training.precision, torch_device)
     log.info("loaded %s (step %s) on %s", path, state.get("step", "?"), torch_device)
-    return Loaded(model, cfg, tokenizer, path, torch_device)
+    return Loaded(model, cfg, tokenizer, path, torch_device, dtype)
 
 
 def average_checkpoints(run_dir: str | Path, last: int = 5, output: Optional[Path] = None) -> Path:
     """Mean of the parameters of the newest `last` step checkpoints, saved as a checkpoint."""
-    paths = step_checkpoints(run_dir)[-last:]
+    paths = rundir.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise MtError(f"{run_dir}: no step checkpoints to average")
     states = [load_checkpoint(p) for p in paths]
@@ -162,7 +195,7 @@ def average_checkpoints(run_dir: str | Path, last: int = 5, output: Optional[Pat
     newest = states[-1]
     result = {"model": average, "config": newest["config"], "tokenizer": newest["tokenizer"],
               "step": newest["step"], "averaged_from": [p.name for p in paths]}
-    output = Path(output) if output else checkpoint_dir(run_dir) / "averaged.pt"
+    output = Path(output) if output else rundir.named_checkpoint(run_dir, "averaged")
     save_checkpoint(output, result)
     log.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(p.name for p in paths), output)
     return output

@@ -1,20 +1,25 @@
-"""The `mt` command: parses options, calls one function per command, prints; no logic here.
+"""The `mt` command: parses and checks options, calls library functions, prints their results.
 
+This is the only module that prints, exits or sets up logging handlers; the library returns
+results and raises MtError (a user's mistake) or Interrupted (training stopped by a signal).
 Heavy modules (torch, sentencepiece) are imported inside the commands so that `mt --help`
 and configuration errors answer instantly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
-from mt.errors import MtError
+from mt.config import PRECISIONS
+from mt.errors import Interrupted, MtError
 
 app = typer.Typer(
     add_completion=False,
@@ -41,22 +46,50 @@ BatchTokensOpt = Annotated[
 ]
 
 
+def _check_precision(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in PRECISIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", callback=_check_precision,
+    help="Decoding precision on CUDA: auto, bf16, fp16 or fp32; default: what the run trained with (training.precision).")]
+
+
 def _verbose() -> bool:
-    return os.environ.get("MT_VERBOSE", "") not in ("", "0")
+    """Whether --verbose (or MT_VERBOSE=1) was given: it sets the `mt` loggers to DEBUG."""
+    return logging.getLogger("mt").isEnabledFor(logging.DEBUG)
 
 
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks (or MT_VERBOSE=1).")] = False,
 ) -> None:
-    if verbose:
-        os.environ["MT_VERBOSE"] = "1"
+    verbose = verbose or os.environ.get("MT_VERBOSE", "") not in ("", "0")
     logging.basicConfig(
-        level=logging.DEBUG if _verbose() else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s" if _verbose() else "%(message)s",
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if verbose else "%(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("mt").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@contextlib.contextmanager
+def _log_file(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Also write the `mt` loggers' records to `path` while the block runs."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("mt").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("mt").removeHandler(handler)
+        handler.close()
 
 
 def _load(config: Path, overrides: Optional[list[str]]):
@@ -81,7 +114,7 @@ def prepare(
 ) -> None:
     """Fetch and check the corpus, train SentencePiece, encode train/dev into the run's cache."""
     from mt.prepare import prepare as run_prepare
-    from mt.train import check_run_dir
+    from mt.run import check_run_dir
 
     cfg = _load(config, set_)
     check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
@@ -96,9 +129,16 @@ def train(
     restart: Annotated[bool, typer.Option("--restart", help="Start over instead of resuming the run dir.")] = False,
 ) -> None:
     """Train a Transformer (preparing data first when needed), then score the test sets."""
-    from mt.train import train as run_train
+    from mt import rundir
+    from mt.evaluate import format_row
+    from mt.train import run_training, start
 
-    run_train(_load(config, set_), device=device, restart=restart)
+    cfg = _load(config, set_)
+    run, state = start(cfg, device=device, restart=restart)
+    with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
+        scores = run_training(run, state)
+    for result in scores:
+        typer.echo(format_row(result))
 
 
 @app.command()
@@ -110,6 +150,7 @@ def translate(
     batch_tokens: BatchTokensOpt = None,
     device: DeviceOpt = "auto",
     alignments: Annotated[bool, typer.Option("--alignments", help="Append i-j word alignments from cross-attention: after a tab, or as a 4th '|||' field with --nbest.")] = False,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
@@ -117,11 +158,11 @@ def translate(
     try:
         translate_stream(
             run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
-            batch_tokens=batch_tokens, device=device, alignments=alignments,
+            batch_tokens=batch_tokens, device=device, alignments=alignments, precision=precision,
         )
     except BrokenPipeError:  # `mt translate | head`: the reader left; exit quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
+        raise typer.Exit(0) from None
 
 
 @app.command("eval")
@@ -136,15 +177,54 @@ def eval_cmd(
     batch_tokens: BatchTokensOpt = None,
     device: DeviceOpt = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line per test set.")] = False,
+    precision: PrecisionOpt = None,
 ) -> None:
     """sacreBLEU BLEU and chrF with signatures: of a run on a file, its test sets, or finished outputs."""
-    from mt.evaluate import evaluate_command
+    from mt import evaluate
 
-    for line in evaluate_command(
-        run_dir=run_dir, src=src, ref=ref, hyps=hyp or [], output=output, checkpoint=checkpoint,
-        beam=beam, batch_tokens=batch_tokens, device=device, as_json=json_out,
-    ):
-        typer.echo(line)
+    show = json.dumps if json_out else evaluate.format_row
+    if hyp:
+        _check_eval_hyp_options(ref, run_dir, src, output)
+        if len(hyp) > 1:
+            for k, result in enumerate(evaluate.compare(hyp, ref)):
+                typer.echo(json.dumps(result) if json_out else evaluate.format_comparison(result, baseline=k == 0))
+            return
+        from mt.files import read_lines
+
+        typer.echo(show(evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))))
+        return
+    _check_eval_run_options(run_dir, src, ref, output)
+    from mt.checkpoint import load_for_inference
+
+    loaded = load_for_inference(run_dir, checkpoint, device, precision)
+    if src is not None:
+        results = [evaluate.score_file(loaded, run_dir, src, ref, output, beam, batch_tokens)]
+    else:
+        results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
+    for result in results:
+        typer.echo(show(result))
+
+
+def _check_eval_hyp_options(ref: Optional[Path], run_dir: Optional[Path], src: Optional[Path],
+                            output: Optional[Path]) -> None:
+    if ref is None:
+        raise MtError("--hyp needs --ref: the reference translations to score against")
+    ignored = [name for name, given in (("--run-dir", run_dir), ("--src", src), ("--output", output)) if given]
+    if ignored:
+        raise MtError(f"{', '.join(ignored)}: not used with --hyp (finished outputs are scored as they are)")
+
+
+def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: Optional[Path],
+                            output: Optional[Path]) -> None:
+    if run_dir is None:
+        raise MtError("nothing to score: give --hyp and --ref, or --run-dir (with --src and --ref, or "
+                      "alone for the config's test sets)")
+    if (src is None) != (ref is None):
+        raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
+    if output is not None and src is None:
+        from mt import rundir
+
+        raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
 
 
 @app.command()
@@ -212,6 +292,26 @@ def export(
                               force=force)))
 
 
+@app.command()
+def serve(
+    run_dir: RunDirOpt,
+    checkpoint: CheckpointOpt = "best",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8000,
+    device: DeviceOpt = "auto",
+    beam: BeamOpt = None,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Lines per request.")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", min=1, help="Characters per line.")] = 1000,
+    max_batch_tokens: Annotated[Optional[int], typer.Option("--max-batch-tokens", min=1, help="Source tokens searched together; default: decoding.batch_tokens.")] = None,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a search waits for more requests to join it (only while it has fewer than the last search).")] = 20.0,
+) -> None:
+    """Serve translations over HTTP (JSON API at /v1, docs at /docs) and the attention page at /."""
+    from mt.serve import Limits, serve_command
+
+    limits = Limits(max_lines=max_lines, max_chars=max_chars, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms)
+    serve_command(run_dir, checkpoint=checkpoint, host=host, port=port, device=device, beam=beam, limits=limits)
+
+
 def main() -> None:
     """Entry point: run the app; a user's mistake is one line on stderr, not a traceback.
 
@@ -219,6 +319,8 @@ def main() -> None:
     """
     try:
         app()
+    except Interrupted as e:  # saved and logged already; exit as a signal-stopped program does
+        sys.exit(e.exit_code)
     except MtError as e:
         if _verbose():
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -24,6 +25,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from mt.errors import ConfigError
+from mt.files import not_a_file
+from mt.yaml_bounds import check_bounded
 
 # ---------------------------------------------------------------------------------------------
 # The schema. A YAML key and its attribute share one spelling: `training.lr` is cfg.training.lr.
@@ -31,12 +34,16 @@ from mt.errors import ConfigError
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive(default: Any) -> Any:
-    return field(default=default, metadata={"gt": 0})
+Precision = Literal["auto", "bf16", "fp16", "fp32"]  # autocast dtype for training and decoding
+PRECISIONS = typing.get_args(Precision)
 
 
-def _nonneg(default: Any) -> Any:
-    return field(default=default, metadata={"ge": 0})
+def _positive(default: Any, le: float) -> Any:
+    return field(default=default, metadata={"gt": 0, "le": le})
+
+
+def _nonneg(default: Any, le: float) -> Any:
+    return field(default=default, metadata={"ge": 0, "le": le})
 
 
 def _fraction(default: float) -> Any:
@@ -54,8 +61,8 @@ class FilterConfig:
     """Training-pair filters; each one's dropped count is reported by `mt prepare`."""
 
     drop_empty: bool = True  # a pair with an empty side
-    max_words: int = field(default=250, metadata={"ge": 0})  # whitespace words per side; 0 = off
-    max_ratio: float = field(default=4.0, metadata={"ge": 0})  # longer/shorter side in words; 0 = off
+    max_words: int = _nonneg(250, le=1_000_000)  # whitespace words per side; 0 = off
+    max_ratio: float = _nonneg(4.0, le=1_000_000)  # longer/shorter side in words; 0 = off
     drop_duplicates: bool = True  # exact duplicate (src, trg) pairs
 
 
@@ -74,26 +81,26 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     type: Literal["unigram", "bpe"] = "unigram"
-    vocab_size: int = field(default=8000, metadata={"ge": 16})
+    vocab_size: int = field(default=8000, metadata={"ge": 16, "le": 1_000_000})
     joint: bool = True  # one SentencePiece model and vocabulary for both sides
     character_coverage: float = field(default=1.0, metadata={"gt": 0, "le": 1})
-    max_sentences: int = field(default=2_000_000, metadata={"gt": 0})  # sample for training
+    max_sentences: int = _positive(2_000_000, le=1_000_000_000)  # sample for training
 
 
 @dataclass
 class ModelConfig:
-    d_model: int = _positive(512)
-    heads: int = _positive(8)
-    encoder_layers: int = _positive(6)
-    decoder_layers: int = _positive(6)
-    ff_dim: int = _positive(2048)
+    d_model: int = _positive(512, le=65_536)
+    heads: int = _positive(8, le=1024)
+    encoder_layers: int = _positive(6, le=1000)
+    decoder_layers: int = _positive(6, le=1000)
+    ff_dim: int = _positive(2048, le=1_048_576)
     dropout: float = _fraction(0.1)
     attention_dropout: float = _fraction(0.0)
     activation_dropout: float = _fraction(0.0)
     activation: Literal["relu", "gelu"] = "relu"
     norm: Literal["pre", "post"] = "pre"
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_len: int = _positive(256)  # longest sequence, in subwords, the model accepts
+    max_len: int = _positive(256, le=1_048_576)  # longest sequence, in subwords, the model accepts
     share_embeddings: bool = True  # source and target embeddings (needs tokenizer.joint)
     tie_output: bool = True  # target embedding = output projection
 
@@ -101,41 +108,41 @@ class ModelConfig:
 @dataclass
 class EarlyStoppingConfig:
     metric: Literal["bleu", "loss"] = "bleu"
-    patience: int = _nonneg(10)  # validations without improvement; 0 = never stop early
+    patience: int = _nonneg(10, le=1_000_000)  # validations without improvement; 0 = never stop early
 
 
 @dataclass
 class TrainingConfig:
-    seed: int = 1
-    max_steps: int = _nonneg(100_000)  # optimizer updates; 0 = no limit
-    max_epochs: int = _nonneg(0)  # 0 = no limit
-    max_minutes: float = _nonneg(0.0)  # wall time; 0 = no limit
-    batch_tokens: int = _positive(4096)  # target tokens per batch (per process)
-    update_freq: int = _positive(1)  # batches accumulated into one update
-    lr: float = _positive(7e-4)
+    seed: int = field(default=1, metadata={"ge": 0, "le": 2**32 - 1})  # what NumPy's generator takes
+    max_steps: int = _nonneg(100_000, le=10**12)  # optimizer updates; 0 = no limit
+    max_epochs: int = _nonneg(0, le=10**9)  # 0 = no limit
+    max_minutes: float = _nonneg(0.0, le=10**9)  # wall time; 0 = no limit
+    batch_tokens: int = _positive(4096, le=10**9)  # target tokens per batch (per process)
+    update_freq: int = _positive(1, le=100_000)  # batches accumulated into one update
+    lr: float = _positive(7e-4, le=100)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    weight_decay: float = _nonneg(0.0)
+    weight_decay: float = _nonneg(0.0, le=100)
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
-    warmup_steps: int = _nonneg(4000)
-    clip_norm: float = _nonneg(1.0)  # 0 = no clipping
+    warmup_steps: int = _nonneg(4000, le=10**12)
+    clip_norm: float = _nonneg(1.0, le=1e9)  # 0 = no clipping
     label_smoothing: float = _fraction(0.1)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
-    validate_every: int = _positive(1000)  # steps
-    save_every: int = _positive(1000)  # steps
-    keep_checkpoints: int = _positive(5)
-    log_every: int = _positive(100)
-    max_bad_steps: int = _positive(10)  # NaN/inf losses, or batches too big for memory, in a row before training stops
+    validate_every: int = _positive(1000, le=10**12)  # steps
+    save_every: int = _positive(1000, le=10**12)  # steps
+    keep_checkpoints: int = _positive(5, le=1_000_000)
+    log_every: int = _positive(100, le=10**12)
+    max_bad_steps: int = _positive(10, le=1_000_000)  # NaN/inf losses, or batches too big for memory, in a row before training stops
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
 class DecodingConfig:
-    beam: int = _positive(5)
-    length_penalty: float = _nonneg(1.0)  # GNMT alpha; 0 = none
-    max_len_a: float = _nonneg(1.5)  # output length limit: a * source length + b (subwords)
-    max_len_b: int = _nonneg(10)
-    batch_tokens: int = _positive(8000)  # source tokens per translation batch
+    beam: int = _positive(5, le=1000)
+    length_penalty: float = _nonneg(1.0, le=100)  # GNMT alpha; 0 = none
+    max_len_a: float = _nonneg(1.5, le=1000)  # output length limit: a * source length + b (subwords)
+    max_len_b: int = _nonneg(10, le=1_000_000)
+    batch_tokens: int = _positive(8000, le=10**9)  # source tokens per translation batch
 
 
 @dataclass
@@ -177,7 +184,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """Read a YAML config, apply `--set key=value` overrides, validate, and return it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        reason = not_a_file(path)
+        raise ConfigError(f"{path}: {'no such config file' if reason == 'no such file' else reason}")
     where = _Where(str(path))
     raw = _read_yaml(path, where)
     for override in overrides:
@@ -194,6 +202,7 @@ def _read_yaml(path: Path, where: _Where) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
+        check_bounded(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
@@ -300,17 +309,23 @@ def _convert(hint: Any, value: Any, key: str, where: _Where) -> Any:
             fail("an integer")
         return value
     if hint is float:
-        # YAML 1.1 reads 5e-4 (no dot) as a string; people write it, so take it as the number
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        return float(value)
+        return _to_float(value, fail)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             fail("a string")
         return str(value)
     raise AssertionError(f"config schema has an unsupported type {hint} at {key}")
+
+
+def _to_float(value: Any, fail) -> float:
+    # YAML 1.1 reads 5e-4 (no dot) as a string; people write it, so take it as the number
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail("a number")
+    if not math.isfinite(value):  # .inf or .nan would pass or dodge every range check
+        fail("a finite number")
+    return float(value)
 
 
 def _check_range(f: dataclasses.Field, value: Any, key: str, where: _Where) -> None:
@@ -374,6 +389,6 @@ def _check_files(cfg: Config, where: _Where) -> None:
             if pair and not str(path or "").strip():
                 raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: expected a file path, got an empty one")
             if path and not Path(path).is_file():
-                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: no such file: {path}")
+                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: {not_a_file(Path(path))}: {path}")
     if cfg.data.data_dir and not Path(cfg.data.data_dir).is_dir():
         raise ConfigError(f"{where('data.data_dir')}: data.data_dir: no such folder: {cfg.data.data_dir}")

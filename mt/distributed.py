@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from mt.device import wants_cuda
+
 
 @dataclass
 class Context:
@@ -66,7 +68,7 @@ def init(device: str) -> Context:
     if world <= 1:
         return Context()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
+    use_cuda = wants_cuda(device)
     if use_cuda:
         torch.cuda.set_device(local_rank)
     torch_dist.init_process_group("nccl" if use_cuda else "gloo")

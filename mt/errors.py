@@ -1,4 +1,7 @@
-"""The one exception a user sees: raised for mistakes a user can make, printed as one line."""
+"""The one exception a user sees (MtError: a mistake a user can make, printed as one line), and
+`Interrupted`, how training says a signal stopped it."""
+
+import signal
 
 
 class MtError(Exception):
@@ -18,3 +21,13 @@ class ConfigError(MtError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal (Ctrl-C, SIGTERM) after saving its step: not a failure to
+    report, but the exit status a signal-stopped program has (128 + the signal's number)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"stopped by {signal_name}")
+        self.signal_name = signal_name
+        self.exit_code = 128 + signal.Signals[signal_name].value

@@ -9,7 +9,6 @@ compared with sacreBLEU's paired bootstrap resampling test against the first one
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -17,12 +16,13 @@ from typing import Iterator, Optional, Sequence
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
+from mt import rundir
+from mt.checkpoint import Loaded
 from mt.errors import MtError
 from mt.files import read_lines, write_text
+from mt.translate import translate_lines
 
 log = logging.getLogger(__name__)
-
-EVAL_DIR = "eval"  # under run_dir: the hypotheses that `mt eval` scored, to look at or re-score
 
 
 def score(hyps: Sequence[str], refs: Sequence[str], name: str) -> dict:
@@ -73,53 +73,33 @@ def format_comparison(result: dict, baseline: bool) -> str:
             f"chrF {result['chrf']:.2f} (± {result['chrf_ci']:.2f}, {p(result['chrf_p'])})")
 
 
-def evaluate_command(run_dir: Optional[Path], src: Optional[Path], ref: Optional[Path], hyps: Sequence[Path],
-                     output: Optional[Path], checkpoint: str = "best", beam: Optional[int] = None,
-                     batch_tokens: Optional[int] = None, device: str = "auto",
-                     as_json: bool = False) -> Iterator[str]:
-    """The lines `mt eval` prints: one row (or JSON object) per scored test set or system."""
-    show = (lambda r: json.dumps(r)) if as_json else format_row  # noqa: E731
-    if hyps:
-        if ref is None:
-            raise MtError("--hyp needs --ref: the reference translations to score against")
-        ignored = [name for name, given in (("--run-dir", run_dir), ("--src", src), ("--output", output)) if given]
-        if ignored:
-            raise MtError(f"{', '.join(ignored)}: not used with --hyp (finished outputs are scored as they are)")
-        if len(hyps) > 1:
-            for k, result in enumerate(compare(hyps, ref)):
-                yield json.dumps(result) if as_json else format_comparison(result, baseline=k == 0)
-            return
-        yield show(score(read_lines(hyps[0]), read_lines(ref), str(hyps[0])))
-        return
-    if run_dir is None:
-        raise MtError("nothing to score: give --hyp and --ref, or --run-dir (with --src and --ref, or "
-                      "alone for the config's test sets)")
-    if (src is None) != (ref is None):
-        raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
-    if output is not None and src is None:
-        raise MtError(f"--output goes with --src; the config's test sets are written to {Path(run_dir) / EVAL_DIR}")
-    from mt.checkpoint import load_for_inference
-    from mt.translate import translate_lines
+def score_file(loaded: Loaded, run_dir: Path, src: Path, ref: Path, output: Optional[Path] = None,
+               beam: Optional[int] = None, batch_tokens: Optional[int] = None) -> dict:
+    """Translate `src` with the loaded model and score it against `ref`; the translations are
+    written to `output` (default: RUN_DIR/eval/<src name>.<checkpoint>.beam<k>.txt)."""
+    return _translate_and_score(loaded, run_dir, Path(src).name, Path(src), Path(ref), output, beam, batch_tokens)
 
-    loaded = load_for_inference(run_dir, checkpoint, device)
+
+def score_test_sets(loaded: Loaded, run_dir: Path, beam: Optional[int] = None,
+                    batch_tokens: Optional[int] = None) -> list[dict]:
+    """Translate and score every test set the run's config names (`mt eval`, and `mt train` at its end)."""
+    tests = rundir.recorded_files(run_dir).tests
+    if not tests:
+        raise MtError(f"{run_dir}: the config names no test sets (data.test); give --src and --ref")
+    return [_translate_and_score(loaded, run_dir, name, Path(pair.src), Path(pair.trg), None, beam, batch_tokens)
+            for name, pair in tests.items()]
+
+
+def _translate_and_score(loaded: Loaded, run_dir: Path, name: str, src: Path, ref: Path, output: Optional[Path],
+                         beam: Optional[int], batch_tokens: Optional[int]) -> dict:
+    sources, refs = read_lines(src), read_lines(ref)
+    if len(sources) != len(refs):
+        raise MtError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}")
     beam = beam or loaded.cfg.decoding.beam
-    if src is not None:
-        sets = {Path(src).name: (Path(src), Path(ref))}
-    else:
-        from mt.prepare import load_prepared
-
-        tests = load_prepared(run_dir).files.tests
-        if not tests:
-            raise MtError(f"{run_dir}: the config names no test sets (data.test); give --src and --ref")
-        sets = {name: (Path(pair.src), Path(pair.trg)) for name, pair in tests.items()}
-    for name, (src_path, ref_path) in sets.items():
-        sources, refs = read_lines(src_path), read_lines(ref_path)
-        if len(sources) != len(refs):
-            raise MtError(f"{src_path} has {len(sources)} lines but {ref_path} has {len(refs)}")
-        translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
-        target = Path(output) if output and src is not None else (
-            Path(run_dir) / EVAL_DIR / f"{name}.{Path(str(loaded.path)).stem}.beam{beam}.txt")
-        write_text(target, "".join(t + "\n" for t in translations))
-        log.info("%s: wrote %s", name, target)
-        yield show({**score(translations, refs, name), "beam": beam, "checkpoint": str(loaded.path),
-                    "hypotheses": str(target)})
+    translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
+    if output is None:
+        output = rundir.eval_output(run_dir, name, Path(str(loaded.path)), beam)
+    write_text(output, "".join(t + "\n" for t in translations))
+    log.info("%s: wrote %s", name, output)
+    return {**score(translations, refs, name), "beam": beam, "checkpoint": str(loaded.path),
+            "hypotheses": str(output)}

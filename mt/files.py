@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import stat
 import tempfile
 import zlib
 from pathlib import Path
@@ -79,9 +80,24 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """Open a file for reading bytes, decompressing it when its name ends in .gz."""
     path = Path(path)
     if not path.is_file():
-        raise MtError(f"{path}: no such file")
+        raise MtError(f"{path}: {not_a_file(path)}")
     raw = open(path, "rb")
     return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path`, which is not a regular file, cannot be read as one: said as the user needs it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket")]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a file"
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:

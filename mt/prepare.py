@@ -1,12 +1,8 @@
 """`mt prepare`: fetch and check the data, train SentencePiece, encode train/dev into the run's cache.
 
-A prepared run directory holds
-
-    config.yaml        the resolved config
-    tokenizer/         joint.model, or src.model and trg.model
-    cache/train.npz    ids of the filtered training pairs
-    cache/dev.npz      ids of every dev pair (dev BLEU must cover the whole dev set)
-    manifest.json      what was made from what: versions, SHA-256 sums, counts, prepare_key
+A prepared run directory (layout: rundir.py) holds the resolved config, the tokenizer, the id
+caches of train and dev (dev BLEU must cover the whole dev set, so dev is not filtered) and
+manifest.json: what was made from what (versions, SHA-256 sums, counts, prepare_key).
 
 Everything is read, filtered and trained in memory before the first write, so a bad input leaves
 the run directory as it was. manifest.json is removed before and written after the other files:
@@ -31,17 +27,13 @@ from typing import Optional
 from mt.config import Config, FilePair, to_dict, to_yaml
 from mt.data import ResolvedData, filter_pairs, input_sums, read_parallel, resolve_files, save_ids
 from mt.errors import MtError
+from mt import rundir
 from mt.files import write_text
 from mt.tokenizer import Tokenizer, save_models, train_models
 
 log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = 1  # bump when the outputs change meaning, so older run dirs are redone
-CONFIG_FILE = "config.yaml"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_DIR = "tokenizer"
-TRAIN_IDS = "cache/train.npz"
-DEV_IDS = "cache/dev.npz"
 
 
 @dataclass(frozen=True)
@@ -53,23 +45,23 @@ class Prepared:
 
     @property
     def config_path(self) -> Path:
-        return self.run_dir / CONFIG_FILE
+        return rundir.config_file(self.run_dir)
 
     @property
     def manifest_path(self) -> Path:
-        return self.run_dir / MANIFEST_FILE
+        return rundir.manifest_file(self.run_dir)
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.run_dir / TOKENIZER_DIR
+        return rundir.tokenizer_dir(self.run_dir)
 
     @property
     def train_ids(self) -> Path:
-        return self.run_dir / TRAIN_IDS
+        return rundir.ids_file(self.run_dir, "train")
 
     @property
     def dev_ids(self) -> Path:
-        return self.run_dir / DEV_IDS
+        return rundir.ids_file(self.run_dir, "dev")
 
 
 @dataclass
@@ -98,7 +90,7 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     if manifest is not None:
         if _refresh_records(cfg, prepared, sums, manifest):
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
-                     run_dir, CONFIG_FILE, MANIFEST_FILE)
+                     run_dir, prepared.config_path.name, prepared.manifest_path.name)
         else:
             log.info("%s: already prepared (nothing changed); --force redoes it", run_dir)
         return prepared
@@ -121,18 +113,9 @@ def prepare_key(cfg: Config, sums: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def is_prepared(cfg: Config) -> bool:
-    """Whether cfg.run_dir holds outputs made from exactly these inputs and settings."""
-    return _current_manifest(Path(cfg.run_dir), prepare_key(cfg, input_sums(cfg.data))) is not None
-
-
 def load_prepared(run_dir: str | Path) -> Prepared:
-    """The prepared run in `run_dir`, for train/translate/eval; an error if it was never prepared."""
-    run_dir = Path(run_dir)
-    manifest = _read_manifest(run_dir)
-    if manifest is None or not _outputs_exist(run_dir, manifest):
-        raise MtError(f"{run_dir} is not prepared: run mt prepare --config CONFIG")
-    return Prepared(run_dir, _files_from_record(manifest["files"]))
+    """The prepared run in `run_dir`; an error if it was never prepared."""
+    return Prepared(Path(run_dir), rundir.recorded_files(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,24 +123,9 @@ def load_prepared(run_dir: str | Path) -> Prepared:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_manifest(run_dir: Path) -> Optional[dict]:
-    path = run_dir / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
-
-
-def _outputs_exist(run_dir: Path, manifest: dict) -> bool:
-    models = [f"{TOKENIZER_DIR}/{name}" for name in manifest.get("tokenizer", {}).get("models", {})]
-    return bool(models) and all((run_dir / name).is_file() for name in [CONFIG_FILE, TRAIN_IDS, DEV_IDS, *models])
-
-
 def _current_manifest(run_dir: Path, key: str) -> Optional[dict]:
-    manifest = _read_manifest(run_dir)
-    if manifest is None or manifest.get("prepare_key") != key or not _outputs_exist(run_dir, manifest):
+    manifest = rundir.read_manifest(run_dir)
+    if manifest is None or manifest.get("prepare_key") != key or not rundir.outputs_exist(run_dir, manifest):
         return None
     return manifest
 
@@ -170,7 +138,7 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], mani
     if manifest.get("config") == config and manifest.get("files") == files:
         return False
     write_text(prepared.config_path, to_yaml(cfg))
-    write_text(prepared.manifest_path, json.dumps({**manifest, "config": config, "files": files}, indent=2) + "\n")
+    rundir.write_manifest(prepared.run_dir, {**manifest, "config": config, "files": files})
     return True
 
 
@@ -226,7 +194,7 @@ def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, s
         "filter_dropped": outputs.dropped,
         "config": to_dict(cfg),
     }
-    write_text(prepared.manifest_path, json.dumps(manifest, indent=2) + "\n")
+    rundir.write_manifest(prepared.run_dir, manifest)
 
 
 def _versions() -> dict[str, Optional[str]]:
@@ -251,11 +219,3 @@ def _files_record(files: ResolvedData, sums: dict[str, str]) -> dict:
         "dev": pair("dev", files.dev),
         "test": {name: pair(f"test.{name}", test) for name, test in files.tests.items()},
     }
-
-
-def _files_from_record(record: dict) -> ResolvedData:
-    def pair(entry: dict) -> FilePair:
-        return FilePair(src=entry["src"]["path"], trg=entry["trg"]["path"])
-
-    return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
-                        tests={name: pair(entry) for name, entry in record["test"].items()})

@@ -1,8 +1,17 @@
 """Greedy and beam search over a batch of sentences, on the model's incremental decoding cache.
 
 Both searches run the encoder once per batch and then one decoder position per step
-(`Transformer.decode_step`). Beam search keeps all beams of all sentences in one tensor of
-batch x beam rows; finished sentences leave the batch so later steps only pay for the rest.
+(`Transformer.decode_step`), over one `SearchState`: the sentences still searched, each with
+`width` rows (1 for greedy, the beam size for beam search), all in one tensor. A step is
+
+  _next_log_probs      the decoder on the cache: what each row may add (PAD and BOS never,
+                       only EOS at the length limit); records the step's cross-attention
+  greedy               the best token of each row; sentences that chose EOS are finished
+  beam                 _collect_finished: hypotheses ending in EOS among each sentence's best
+                       _choose_next_beams: the best continuations that do not end
+                       _unfinished_groups: the sentences a live beam can still improve
+  _advance             rows follow the hypotheses they continue; finished sentences leave,
+                       so later steps only pay for the rest
 
 Scores: a hypothesis' `score` is the sum of its token log-probabilities, EOS included. Beam
 search ranks finished hypotheses by `score / lp(length)`, GNMT's length penalty
@@ -19,12 +28,12 @@ its live scores only when some sentence has enough finished hypotheses to need t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
-from mt.model import AttentionWeights, Transformer, reorder_cache
+from mt.model import LayerCache, Transformer, reorder_cache
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -67,55 +76,122 @@ def _force_eos(log_probs: Tensor, at_limit: Tensor) -> Tensor:
     return torch.where(at_limit[:, None], forced, log_probs)
 
 
-def _cross_attention(weights: AttentionWeights) -> Tensor:
-    """This step's cross-attention, (rows, layers, heads, src_len), and forget it."""
-    step = torch.stack([w[:, :, -1, :] for w in weights.cross], dim=1).float()
-    weights.cross.clear()
-    weights.decoder_self.clear()
-    return step
+@dataclass
+class Limits:
+    """How long each sentence's output may grow (see `max_output_lengths`)."""
+
+    tokens: Tensor  # (batch,) on the device
+    host: list[int]  # the same, on the host: no sync to read
+    steps: set[int]  # the steps at which some sentence must end
+
+    @classmethod
+    def of(cls, src_ids: Tensor, a: float, b: int, model_max_len: int) -> "Limits":
+        tokens = max_output_lengths(src_ids, a, b, model_max_len)
+        host = tokens.tolist()
+        return cls(tokens, host, set(host))
+
+
+@dataclass
+class SearchState:
+    """The sentences still searched and their live hypotheses, `width` rows per sentence (1 for
+    greedy search, the beam size for beam search): row g * width + j is hypothesis j of group g.
+    Each search step replaces every field; finished sentences' groups leave."""
+
+    width: int
+    sentences: list[int]  # the input sentence of each group, on the host
+    sentence_ids: Tensor  # (groups,) the same on the device
+    last: Tensor  # (rows,) each row's last token
+    tokens: Tensor  # (rows, steps) the tokens so far, BOS left out
+    scores: Tensor  # (groups, width) sum of the tokens' log-probabilities
+    src_mask: Tensor  # (rows, 1, 1, src_len)
+    cache: list[LayerCache]
+    attention: Optional[Tensor]  # (rows, layers, heads, steps, src_len) when recording cross-attention
+
+
+def _start(model: Transformer, src_ids: Tensor, width: int, record_attention: bool) -> SearchState:
+    """Encode the batch once and give each sentence `width` rows; only the first row of each
+    sentence is live at first (the others score -inf), so step 0 expands one hypothesis."""
+    batch, device = src_ids.size(0), src_ids.device
+    encoder_out, src_mask = model.encode(src_ids)
+    expand = torch.arange(batch, device=device).repeat_interleave(width)  # row -> its sentence
+    scores = torch.full((batch, width), -float("inf"), device=device)
+    scores[:, 0] = 0.0
+    attention = None
+    if record_attention:
+        layers, heads = len(model.decoder_layers), model.decoder_layers[0].cross_attn.heads
+        attention = encoder_out.new_zeros(batch * width, layers, heads, 0, src_ids.size(1), dtype=torch.float)
+    return SearchState(width, list(range(batch)), torch.arange(batch, device=device),
+                       torch.full((batch * width,), BOS_ID, dtype=torch.long, device=device),
+                       src_ids.new_zeros(batch * width, 0), scores, src_mask[expand],
+                       model.start_cache(encoder_out[expand]), attention)
+
+
+def _next_log_probs(model: Transformer, state: SearchState, limits: Limits, step: int) -> Tensor:
+    """One decoder step for every live row: the log-probabilities (rows, vocab) the search
+    chooses from. Advances the cache, and records the step's cross-attention when asked to."""
+    decoded = model.decode_step(state.last, state.src_mask, state.cache, need_weights=state.attention is not None)
+    state.cache = decoded.cache
+    if state.attention is not None:
+        step_attention = decoded.cross_weights.float()[:, :, :, None, :]  # (rows, layers, heads, 1, src_len)
+        state.attention = torch.cat([state.attention, step_attention], dim=3)
+    log_probs = _forbid_specials(decoded.log_probs)
+    if step in limits.steps:
+        at_limit = (limits.tokens[state.sentence_ids] == step).repeat_interleave(state.width)
+        log_probs = _force_eos(log_probs, at_limit)
+    return log_probs
+
+
+def _advance(state: SearchState, last: Tensor, scores: Tensor, source_rows: Optional[Tensor],
+             keep: Optional[list[int]]) -> None:
+    """The state after a step: row r continues row `source_rows[r]` (None: itself) with token
+    `last[r]`; only the groups in `keep` stay (None: all)."""
+    cross_rows = None  # rows that only moved within their sentences share its encoder rows
+    if keep is not None:
+        live, groups = len(state.sentences), torch.tensor(keep, device=last.device)
+        cross_rows = (groups[:, None] * state.width + torch.arange(state.width, device=last.device)).view(-1)
+        source_rows = cross_rows if source_rows is None else source_rows.view(live, state.width)[groups].view(-1)
+        last, scores = last.view(live, state.width)[groups].view(-1), scores[groups]
+        state.sentences, state.sentence_ids = [state.sentences[g] for g in keep], state.sentence_ids[groups]
+        state.src_mask = state.src_mask[cross_rows]
+    if source_rows is not None:
+        state.tokens = state.tokens[source_rows]
+        state.cache = reorder_cache(state.cache, source_rows, cross_index=cross_rows)
+        if state.attention is not None:
+            state.attention = state.attention[source_rows]
+    state.tokens = torch.cat([state.tokens, last[:, None]], dim=1)
+    state.last, state.scores = last, scores
+
+
+def _hypotheses(state: SearchState, rows: Tensor, scores: Tensor, penalty: float = 1.0
+                ) -> Iterator[tuple[int, Hypothesis]]:
+    """The given rows as finished hypotheses, normalized by `penalty`; each field of all of them
+    comes from the device in one transfer (not one `.item()` per hypothesis)."""
+    for row, ids, score in zip(rows.tolist(), state.tokens[rows].tolist(), scores.tolist()):
+        attention = None if state.attention is None else state.attention[row].cpu()
+        yield row, Hypothesis(ids, score, score / penalty, attention)
 
 
 @torch.inference_mode()
 def greedy_search(model: Transformer, src_ids: Tensor, max_len_a: float, max_len_b: int,
                   record_attention: bool = False) -> list[Hypothesis]:
     """The most probable next token at every step, for every sentence of the batch."""
-    batch = src_ids.size(0)
-    encoder_out, src_mask = model.encode(src_ids)
-    cache = model.start_cache(encoder_out)
-    limits = max_output_lengths(src_ids, max_len_a, max_len_b, model.max_len)
-    limit_steps = set(limits.tolist())  # the steps at which some sentence must end
-    weights = AttentionWeights() if record_attention else None
-    rows = torch.arange(batch, device=src_ids.device)  # which sentence each live row is
-    last = torch.full((batch,), BOS_ID, dtype=torch.long, device=src_ids.device)
-    tokens = src_ids.new_zeros(batch, 0)
-    scores = torch.zeros(batch, device=src_ids.device)
-    attention = [] if record_attention else None
-    results: list[Optional[Hypothesis]] = [None] * batch
-    for step in range(max(limit_steps) + 1):
-        log_probs, cache = model.decode_step(last, src_mask, cache, weights)
-        log_probs = _forbid_specials(log_probs)
-        if step in limit_steps:
-            log_probs = _force_eos(log_probs, limits[rows] == step)
+    state = _start(model, src_ids, 1, record_attention)
+    limits = Limits.of(src_ids, max_len_a, max_len_b, model.max_len)
+    results: list[Optional[Hypothesis]] = [None] * src_ids.size(0)
+    for step in range(max(limits.steps) + 1):
+        log_probs = _next_log_probs(model, state, limits, step)
         best, last = log_probs.max(dim=-1)
-        tokens, scores = torch.cat([tokens, last[:, None]], dim=1), scores + best
-        if record_attention:
-            attention.append(_cross_attention(weights))
-        done = last == EOS_ID
-        if not done.any():  # the step's one host sync
-            continue
-        ended = done.nonzero()[:, 0]
-        # one transfer for every sentence that ended at this step
-        for row, sentence, ids, score in zip(ended.tolist(), rows[ended].tolist(), tokens[ended, :-1].tolist(),
-                                             scores[ended].tolist()):
-            attn = torch.stack([a[row] for a in attention], dim=2).cpu() if record_attention else None
-            results[sentence] = Hypothesis(ids, score, score, attn)
-        keep = (~done).nonzero()[:, 0]
-        if keep.numel() == 0:
-            break
-        rows, last, tokens, scores = rows[keep], last[keep], tokens[keep], scores[keep]
-        src_mask, cache = src_mask[keep], reorder_cache(cache, keep, cross_index=keep)
-        if record_attention:
-            attention = [a[keep] for a in attention]
+        scores = state.scores + best[:, None]
+        done, keep = last == EOS_ID, None
+        if done.any():  # the step's one host sync
+            ended = done.nonzero()[:, 0]
+            found = dict(_hypotheses(state, ended, scores[ended, 0]))
+            for row, hyp in found.items():
+                results[state.sentences[row]] = hyp
+            keep = [g for g in range(len(state.sentences)) if g not in found]
+            if not keep:
+                break
+        _advance(state, last, scores, None, keep)
     return results
 
 
@@ -129,91 +205,79 @@ def beam_search(model: Transformer, src_ids: Tensor, beam: int, alpha: float, ma
     """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
-    batch, device = src_ids.size(0), src_ids.device
-    encoder_out, src_mask = model.encode(src_ids)
-    # every sentence's row repeated `beam` times: row r * beam + j is beam j of sentence r
-    expand = torch.arange(batch, device=device).repeat_interleave(beam)
-    src_mask = src_mask[expand]
-    cache = model.start_cache(encoder_out[expand])
-    limits = max_output_lengths(src_ids, max_len_a, max_len_b, model.max_len)
-    limits_host = limits.tolist()
-    limit_steps = set(limits_host)  # the steps at which some sentence must end
-    best_lp = length_penalty(limits.float() + 1, alpha)  # the largest penalty a sentence can get
-    weights = AttentionWeights() if record_attention else None
-
-    sentences = torch.arange(batch, device=device)  # which sentence each live group of rows is
-    sentences_host = list(range(batch))
-    tokens = src_ids.new_zeros(batch * beam, 0)
-    scores = torch.full((batch, beam), -float("inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start equal: let only the first one expand at step 0
-    last = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
-    attention = src_ids.new_zeros(batch * beam, 0).float() if record_attention else None
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-
-    for step in range(max(limit_steps) + 1):
-        live = len(sentences_host)
-        log_probs, cache = model.decode_step(last, src_mask, cache, weights)
-        log_probs = _forbid_specials(log_probs)
-        if step in limit_steps:
-            log_probs = _force_eos(log_probs, (limits[sentences] == step).repeat_interleave(beam))
-        vocab = log_probs.size(-1)
-        candidates = (scores[:, :, None] + log_probs.view(live, beam, vocab)).view(live, beam * vocab)
-        top_scores, top_index = candidates.topk(2 * beam, dim=1)  # at most `beam` of them end in EOS
-        top_beam, top_token = top_index // vocab, top_index % vocab
-        if record_attention:
-            step_attn = _cross_attention(weights)  # (live * beam, layers, heads, src_len)
-            attention = step_attn[:, :, :, None, :] if step == 0 else torch.cat(
-                [attention, step_attn[:, :, :, None, :]], dim=3)
-
-        # finished: EOS among the `beam` best candidates, with a finite score
-        ends = (top_token == EOS_ID) & torch.isfinite(top_scores)
-        ends[:, beam:] = False
-        groups, ks = ends.nonzero().unbind(1)  # the step's host sync
-        if groups.numel():
-            ended_rows = groups * beam + top_beam[groups, ks]
-            n = tokens.size(1) + 1
-            # one transfer each for every hypothesis that ended at this step
-            for group, row, ids, score in zip(groups.tolist(), ended_rows.tolist(), tokens[ended_rows].tolist(),
-                                              top_scores[groups, ks].tolist()):
-                attn = attention[row].cpu() if record_attention else None
-                finished[sentences_host[group]].append(
-                    Hypothesis(ids, score, score / length_penalty(n, alpha), attn))
-
-        # the next live beams: the best `beam` candidates that do not end
-        rank = torch.arange(2 * beam, device=device).expand(live, -1)
-        order = (rank + (top_token == EOS_ID) * 2 * beam).argsort(dim=1)[:, :beam]
-        next_beam = top_beam.gather(1, order)
-        scores = top_scores.gather(1, order)
-        last = top_token.gather(1, order).view(-1)
-        source_rows = (torch.arange(live, device=device)[:, None] * beam + next_beam).view(-1)
-
-        bounds = None  # only a sentence with nbest finished hypotheses needs its live scores
-        if any(len(finished[sentence]) >= nbest for sentence in sentences_host):
-            bounds = (scores.max(dim=1).values / best_lp[sentences]).tolist()
-        keep = [g for g, sentence in enumerate(sentences_host)
-                if not _sentence_done(finished[sentence], None if bounds is None else bounds[g], beam, nbest,
-                                      step >= limits_host[sentence])]
+    state = _start(model, src_ids, beam, record_attention)
+    limits = Limits.of(src_ids, max_len_a, max_len_b, model.max_len)
+    finished: list[list[Hypothesis]] = [[] for _ in range(src_ids.size(0))]
+    for step in range(max(limits.steps) + 1):
+        log_probs = _next_log_probs(model, state, limits, step)
+        candidates = _Candidates.best(state.scores, log_probs, beam)
+        _collect_finished(state, candidates, alpha, finished)
+        scores, last, source_rows = _choose_next_beams(candidates, beam)
+        keep = _unfinished_groups(state, scores, finished, limits, alpha, nbest, step)
         if not keep:
             break
-        cross_rows = None  # beams only moved within their sentences: the encoder rows stay
-        if len(keep) < live:  # drop finished sentences' rows
-            keep_groups = torch.tensor(keep, device=device)
-            cross_rows = (keep_groups[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-            source_rows = source_rows.view(live, beam)[keep_groups].view(-1)
-            last = last.view(live, beam)[keep_groups].view(-1)
-            scores, sentences = scores[keep_groups], sentences[keep_groups]
-            sentences_host = [sentences_host[g] for g in keep]
-            src_mask = src_mask[cross_rows]
-        tokens = torch.cat([tokens[source_rows], last[:, None]], dim=1)
-        cache = reorder_cache(cache, source_rows, cross_index=cross_rows)
-        if record_attention:
-            attention = attention[source_rows]
+        _advance(state, last, scores, source_rows, None if len(keep) == len(state.sentences) else keep)
+    return [_nbest_list(hyps, nbest) for hyps in finished]
 
-    for hyps in finished:
-        while len(hyps) < nbest:  # only a diverged model (every score -inf) finishes too few
-            hyps.append(Hypothesis([], -float("inf"), -float("inf")))
-        hyps.sort(key=lambda h: h.normalized, reverse=True)
-    return [hyps[:nbest] for hyps in finished]
+
+@dataclass
+class _Candidates:
+    """The best continuations of each sentence's beams at a step, best first, (groups, 2 * beam)."""
+
+    scores: Tensor
+    beam: Tensor  # which of the sentence's beams each continues
+    token: Tensor
+
+    @classmethod
+    def best(cls, scores: Tensor, log_probs: Tensor, beam: int) -> "_Candidates":
+        """Twice `beam` of them: at most `beam` end in EOS, so `beam` that do not always remain."""
+        live, vocab = scores.size(0), log_probs.size(-1)
+        totals = (scores[:, :, None] + log_probs.view(live, beam, vocab)).view(live, beam * vocab)
+        top_scores, top_index = totals.topk(2 * beam, dim=1)
+        return cls(top_scores, top_index // vocab, top_index % vocab)
+
+
+def _collect_finished(state: SearchState, candidates: _Candidates, alpha: float,
+                      finished: list[list[Hypothesis]]) -> None:
+    """Hypotheses that end here: EOS among the `beam` best candidates, with a finite score."""
+    beam = state.width
+    ends = (candidates.token == EOS_ID) & torch.isfinite(candidates.scores)
+    ends[:, beam:] = False
+    groups, ks = ends.nonzero().unbind(1)  # the step's host sync
+    if not groups.numel():
+        return
+    rows = groups * beam + candidates.beam[groups, ks]
+    penalty = length_penalty(state.tokens.size(1) + 1, alpha)  # every one of them has this length
+    for group, (_, hyp) in zip(groups.tolist(), _hypotheses(state, rows, candidates.scores[groups, ks], penalty)):
+        finished[state.sentences[group]].append(hyp)
+
+
+def _choose_next_beams(candidates: _Candidates, beam: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best `beam` candidates that do not end: their scores (groups, beam), their tokens
+    (rows,), and the row each continues (rows,)."""
+    live = candidates.scores.size(0)
+    rank = torch.arange(2 * beam, device=candidates.scores.device).expand(live, -1)
+    order = (rank + (candidates.token == EOS_ID) * 2 * beam).argsort(dim=1)[:, :beam]
+    source_rows = torch.arange(live, device=rank.device)[:, None] * beam + candidates.beam.gather(1, order)
+    return candidates.scores.gather(1, order), candidates.token.gather(1, order).view(-1), source_rows.view(-1)
+
+
+def _unfinished_groups(state: SearchState, scores: Tensor, finished: list[list[Hypothesis]], limits: Limits,
+                       alpha: float, nbest: int, step: int) -> list[int]:
+    """The groups whose sentences a live beam may still improve; `scores`: the live beams' scores."""
+    bounds = None  # only a sentence with nbest finished hypotheses needs its live scores
+    if any(len(finished[sentence]) >= nbest for sentence in state.sentences):
+        best_lp = length_penalty(limits.tokens[state.sentence_ids].float() + 1, alpha)  # the largest it can get
+        bounds = (scores.max(dim=1).values / best_lp).tolist()
+    return [g for g, sentence in enumerate(state.sentences)
+            if not _sentence_done(finished[sentence], None if bounds is None else bounds[g], state.width, nbest,
+                                  step >= limits.host[sentence])]
+
+
+def _nbest_list(hyps: list[Hypothesis], nbest: int) -> list[Hypothesis]:
+    while len(hyps) < nbest:  # only a diverged model (every score -inf) finishes too few
+        hyps.append(Hypothesis([], -float("inf"), -float("inf")))
+    return sorted(hyps, key=lambda h: h.normalized, reverse=True)[:nbest]
 
 
 def _sentence_done(hyps: list[Hypothesis], bound: Optional[float], beam: int, nbest: int, at_limit: bool) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import logging
 import os
 import re
 from pathlib import Path
@@ -43,7 +44,8 @@ def _threads() -> int:
 
 
 def _verbose() -> bool:
-    return os.environ.get("MT_VERBOSE", "") not in ("", "0")
+    """--verbose: the CLI sets the `mt` loggers to DEBUG."""
+    return logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,19 +18,19 @@ from __future__ import annotations
 import logging
 import os
 import select
-import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
 
 import torch
 
-from mt.batching import make_batches
+from mt.batching import make_batches, pad_ids
 from mt.checkpoint import Loaded, load_for_inference
+from mt.device import autocast
 from mt.errors import MtError
 from mt.model import attention_backends
 from mt.search import Hypothesis, beam_search, greedy_search
-from mt.tokenizer import EOS_ID, PAD_ID
+from mt.tokenizer import EOS_ID
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
                   batch_tokens: Optional[int] = None, record_attention: bool = False) -> list[Translation]:
     """Search every source (piece ids, no EOS) and return the results in input order.
 
-    Sources must already fit the model (see `fit_source`); empty ones are not searched.
+    Sources must already fit the model (see `fit_source`); empty ones are not searched. With
+    `record_attention` each hypothesis carries the cross-attention that produced it (see
+    `Hypothesis.attention`); `mt.align.teacher_forced_attention` gives all three kinds.
     """
     dec = loaded.cfg.decoding
     beam = beam or dec.beam
@@ -63,32 +65,27 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
     # batch size is counted in source tokens times beam: that is what the decoder holds
     for batch in make_batches(lengths, lengths, max(batch_tokens // beam, 1)):
         indices = [todo[k] for k in batch]
-        sources = [list(src_ids[i]) + [EOS_ID] for i in indices]
-        width = max(len(s) for s in sources)
-        tensor = torch.full((len(sources), width), PAD_ID, dtype=torch.long)
-        for row, s in enumerate(sources):
-            tensor[row, : len(s)] = torch.tensor(s)
-        tensor = tensor.to(loaded.device)
-        with attention_backends(), _autocast(loaded.device):
-            if beam == 1 and nbest == 1:
-                found = [[h] for h in greedy_search(loaded.model, tensor, dec.max_len_a, dec.max_len_b,
-                                                    record_attention)]
-            else:
-                found = beam_search(loaded.model, tensor, beam, dec.length_penalty, dec.max_len_a,
-                                    dec.max_len_b, nbest, record_attention)
-        for i, source, hyps in zip(indices, sources, found):
-            if record_attention:  # drop the batch's padding columns
-                for h in hyps:
-                    if h.attention is not None:
-                        h.attention = h.attention[..., : len(source)]
+        found = _search(loaded, [src_ids[i] for i in indices], beam, nbest, record_attention)
+        for i, hyps in zip(indices, found):
+            source = [*src_ids[i], EOS_ID]
+            for h in hyps:
+                if h.attention is not None:  # drop the batch's padding columns
+                    h.attention = h.attention[..., : len(source)]
             results[i] = Translation(source, hyps)
     return results
 
 
-def _autocast(device: torch.device):
-    """bf16 on CUDA, as in training; full precision on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+def _search(loaded: Loaded, sources: Sequence[Sequence[int]], beam: int, nbest: int,
+            record_attention: bool) -> list[list[Hypothesis]]:
+    """The n best hypotheses of each source in one batch: greedy search for beam 1, else beam search."""
+    dec = loaded.cfg.decoding
+    width = max(len(s) for s in sources) + 1  # EOS
+    src = torch.from_numpy(pad_ids(sources, width, last=EOS_ID)).to(loaded.device)  # (batch, src_len)
+    with attention_backends(), autocast(loaded.device, loaded.autocast_dtype):
+        if beam == 1 and nbest == 1:
+            return [[h] for h in greedy_search(loaded.model, src, dec.max_len_a, dec.max_len_b, record_attention)]
+        return beam_search(loaded.model, src, beam, dec.length_penalty, dec.max_len_a, dec.max_len_b, nbest,
+                           record_attention)
 
 
 def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
@@ -98,8 +95,7 @@ def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> lis
     encoded = loaded.tokenizer.encode_src(cleaned)
     for k, ids in enumerate(encoded):
         if len(ids) > limit:
-            print(f"warning: line {first_line + k}: {len(ids)} pieces, cut to the model's maximum of {limit}",
-                  file=sys.stderr)
+            log.warning("warning: line %d: %d pieces, cut to the model's maximum of %d", first_line + k, len(ids), limit)
             encoded[k] = ids[:limit]
     return [ids if text else [] for ids, text in zip(encoded, cleaned)]
 
@@ -182,9 +178,9 @@ def decode_lines(raw: Sequence[bytes], first_line: int) -> tuple[list[str], Opti
 
 def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str = "best",
                      beam: Optional[int] = None, nbest: int = 1, batch_tokens: Optional[int] = None,
-                     device: str = "auto", alignments: bool = False) -> None:
+                     device: str = "auto", alignments: bool = False, precision: Optional[str] = None) -> None:
     """`mt translate`: stdin lines to stdout lines, chunk by chunk, logs on stderr."""
-    loaded = load_for_inference(run_dir, checkpoint, device)
+    loaded = load_for_inference(run_dir, checkpoint, device, precision)
     beam = beam or loaded.cfg.decoding.beam
     if nbest < 1 or nbest > beam:
         raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")

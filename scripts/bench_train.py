@@ -6,7 +6,7 @@ CUDA), gradient clipping and precision (bf16 autocast on CUDA, fp32 on CPU). The
 alternating rounds so that a noisy machine slows both alike; no host sync inside a timed step.
 
 MFU = model FLOPs per second / the card's dense bf16 peak, where model FLOPs per batch are
-6 x parameters used per real token + the attention matmuls (mt.train.model_flops).
+6 x parameters used per real token + the attention matmuls (mt.meter.model_flops).
 
     python scripts/bench_train.py --config configs/multi30k_de_en.yaml [--set k=v] [--steps 20] [--reference]
 
@@ -30,8 +30,10 @@ from mt.config import load_config
 from mt.data import load_ids
 from mt.model import attention_backends, sinusoidal_positions
 from mt.prepare import prepare
+from mt.rundir import tokenizer_dir
 from mt.tokenizer import PAD_ID as PAD, Tokenizer
-from mt.train import PEAK_BF16_FLOPS, model_flops, token_loss
+from mt.loss import token_loss
+from mt.meter import PEAK_BF16_FLOPS, model_flops
 
 
 class TorchReference(nn.Module):
@@ -102,7 +104,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.training.seed)
     batches = real_batches(cfg, args.steps, device)
-    tokenizer = Tokenizer.load(cfg.run_dir + "/tokenizer")
+    tokenizer = Tokenizer.load(tokenizer_dir(cfg.run_dir))
     models = {"mt": build_model(cfg, tokenizer)}
     if args.reference:
         models["reference"] = TorchReference(tokenizer.src_vocab_size, m)

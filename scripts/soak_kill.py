@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mt.checkpoint import load_checkpoint, step_checkpoints
+from mt.checkpoint import load_checkpoint
+from mt.rundir import metrics_file, step_checkpoint, step_checkpoints
 
 
 def train(run_dir: Path, args, extra: list[str]) -> subprocess.Popen:
@@ -48,7 +49,7 @@ def main() -> None:
 
     kills = 0
     while kills < args.kills:
-        metrics = killed / "metrics.jsonl"
+        metrics = metrics_file(killed)
         before = metrics.stat().st_mtime if metrics.exists() else 0.0
         process = train(killed, args, [])
         # kill while training: after this attempt has logged once, at a random moment
@@ -65,9 +66,8 @@ def main() -> None:
     if train(killed, args, []).wait() != 0:
         sys.exit("the final resume failed")
 
-    final = f"step_{args.steps:07d}.pt"
-    a = load_checkpoint(straight / "checkpoints" / final)["model"]
-    b = load_checkpoint(killed / "checkpoints" / final)["model"]
+    a = load_checkpoint(step_checkpoint(straight, args.steps))["model"]
+    b = load_checkpoint(step_checkpoint(killed, args.steps))["model"]
     difference = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     result = {"kills": kills, "steps": args.steps, "max_abs_difference": difference,
               "identical": all(torch.equal(a[k], b[k]) for k in a)}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,14 @@ import yaml
 
 @pytest.fixture
 def multi30k_dir() -> Path:
-    """The Multi30k task-1 files (*.de.gz, *.en.gz) where the project keeps a copy; skips without them."""
-    path = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
-    if not (path / "train.de.gz").is_file():
-        pytest.skip(f"Multi30k files not found in {path}")
-    return path
+    """The Multi30k task-1 files (*.de.gz, *.en.gz): in $MT_DATA, or where the project keeps a
+    copy (../shared/data/multi30k); skips without them."""
+    places = [Path(os.environ["MT_DATA"])] if os.environ.get("MT_DATA") else []
+    places.append(Path(__file__).resolve().parents[2] / "shared/data/multi30k")
+    for path in places:
+        if (path / "train.de.gz").is_file():
+            return path
+    pytest.skip(f"Multi30k files not found in {' or '.join(map(str, places))}")
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +42,16 @@ def toy_pairs() -> list[tuple[str, str]]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_mt(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m mt ARGS` in a subprocess, as a user runs it; output captured as text."""
-    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True, **kwargs)
+def run_mt(*args: str, check: bool = True, stdin: str | None = None, env: dict[str, str] | None = None,
+           **kwargs) -> subprocess.CompletedProcess:
+    """`python -m mt ARGS` in a subprocess, as a user runs it; output captured as text. `env`
+    adds to the environment (without MT_VERBOSE, so messages look as users see them); no time
+    limit, as a busy machine may be slow."""
+    environ = {k: v for k, v in os.environ.items() if k != "MT_VERBOSE"}
+    if stdin is not None:
+        kwargs["input"] = stdin
+    result = subprocess.run([sys.executable, "-m", "mt", *args], capture_output=True, text=True,
+                            env={**environ, **(env or {})}, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"mt {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
@@ -74,3 +86,71 @@ def toy_run(tmp_path_factory) -> Path:
     config = toy_config(base / "toy.yaml", data, base / "run")
     run_mt("train", "--config", str(config))
     return base
+
+
+# ---------------------------------------------------------------------------------------------
+# A toy config for prepare and config tests
+# ---------------------------------------------------------------------------------------------
+
+# Line numbers below refer to this layout: keep it in step with the tests that name lines.
+CONFIG = """\
+run_dir: {run_dir}
+data:
+  train: {{src: {train_src}, trg: {train_trg}}}
+  dev: {{src: {dev_src}, trg: {dev_trg}}}
+tokenizer:
+  vocab_size: 60
+training:
+  lr: 5e-4
+"""
+
+
+@dataclass
+class Toy:
+    """A toy run: its config file, run directory and data files (500 train pairs, 100 dev)."""
+
+    folder: Path
+    config: Path
+    run_dir: Path
+    train_src: Path
+    train_trg: Path
+    dev_src: Path
+    dev_trg: Path
+
+    def prepare(self, *overrides: str, force: bool = False):
+        from mt.config import load_config
+        from mt.prepare import prepare
+
+        return prepare(load_config(self.config, list(overrides)), force=force)
+
+    def mt(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run_mt(*args, "--config", str(self.config), check=False, cwd=self.folder, env=env)
+
+    def write_config(self, text: str) -> Path:
+        self.config.write_text(text, encoding="utf-8")
+        return self.config
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path, toy_pairs) -> Toy:
+    files = {}
+    for split, pairs in (("train", toy_pairs[:500]), ("dev", toy_pairs[500:])):
+        files[f"{split}_src"] = write_lines(tmp_path / f"{split}.de", [src for src, _ in pairs])
+        files[f"{split}_trg"] = write_lines(tmp_path / f"{split}.en", [trg for _, trg in pairs])
+    run_dir = tmp_path / "run"
+    config = tmp_path / "toy.yaml"
+    config.write_text(CONFIG.format(run_dir=run_dir, **files), encoding="utf-8")
+    return Toy(tmp_path, config, run_dir, **files)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failed command prints, after checking it printed no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last.removeprefix("error: ")

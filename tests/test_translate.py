@@ -1,4 +1,4 @@
-"""Search, `mt translate` and `mt eval` on the model the toy config trains."""
+"""`mt translate` and `mt eval` on the model the toy config trains (search itself: test_search.py)."""
 
 from __future__ import annotations
 
@@ -10,89 +10,15 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import run_mt
-from mt.checkpoint import load_for_inference
 from mt.files import read_lines
-from mt.search import beam_search, greedy_search
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mt.translate import fit_source, read_chunks
-
-
-@pytest.fixture(scope="module")
-def loaded(toy_run):
-    return load_for_inference(toy_run / "run", "best", "cpu")
+from mt.translate import read_chunks
 
 
 @pytest.fixture(scope="module")
 def sources(toy_run) -> list[str]:
     return read_lines(toy_run / "data/dev.src")[:40]
-
-
-def batch_of(loaded, lines: list[str]) -> torch.Tensor:
-    ids = [s + [EOS_ID] for s in fit_source(loaded, lines)]
-    out = torch.full((len(ids), max(map(len, ids))), PAD_ID)
-    for row, s in enumerate(ids):
-        out[row, : len(s)] = torch.tensor(s)
-    return out
-
-
-def test_beam_1_is_greedy(loaded, sources):
-    src = batch_of(loaded, sources)
-    greedy = greedy_search(loaded.model, src, 1.5, 5)
-    beam = beam_search(loaded.model, src, 1, 0.0, 1.5, 5)
-    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
-    assert [round(h.score, 4) for h in greedy] == [round(b[0].score, 4) for b in beam]
-
-
-def test_beam_5_scores_at_least_greedy(loaded, sources):
-    src = batch_of(loaded, sources)
-    greedy = greedy_search(loaded.model, src, 1.5, 5)
-    beam = beam_search(loaded.model, src, 5, 0.0, 1.5, 5, nbest=5)
-    for g, hyps in zip(greedy, beam):
-        assert hyps[0].score >= g.score - 1e-4
-        assert [h.normalized for h in hyps] == sorted((h.normalized for h in hyps), reverse=True)
-
-
-def test_batched_search_equals_one_sentence_at_a_time(loaded, sources):
-    """Padding, per-sentence length limits and finished sentences leaving the batch change
-    nothing: each sentence gets the hypotheses (all five of its 5-best) and scores that it
-    gets when searched alone."""
-    src = batch_of(loaded, sources)
-    batched_greedy = greedy_search(loaded.model, src, 1.5, 5)
-    batched_beam = beam_search(loaded.model, src, 5, 1.0, 1.5, 5, nbest=5)
-    for k, line in enumerate(sources):
-        alone = batch_of(loaded, [line])
-        [greedy] = greedy_search(loaded.model, alone, 1.5, 5)
-        [beam] = beam_search(loaded.model, alone, 5, 1.0, 1.5, 5, nbest=5)
-        assert greedy.tokens == batched_greedy[k].tokens
-        assert abs(greedy.score - batched_greedy[k].score) < 1e-4
-        assert [h.tokens for h in beam] == [h.tokens for h in batched_beam[k]]
-        assert all(abs(a.score - b.score) < 1e-4 for a, b in zip(beam, batched_beam[k]))
-
-
-def test_cached_search_equals_full_prefix_decoding(loaded, sources):
-    """Greedy on the cache == greedy that re-runs the decoder over the whole prefix each step."""
-    model = loaded.model
-    src = batch_of(loaded, sources[:8])
-    cached = greedy_search(model, src, 1.5, 5)
-    with torch.inference_mode():
-        encoder_out, mask = model.encode(src)
-        for row, hyp in enumerate(cached):
-            prefix = torch.tensor([[BOS_ID]])
-            full_score = 0.0
-            for _ in range(len(hyp.tokens) + 1):
-                logits = model.decode(prefix, encoder_out[row : row + 1], mask[row : row + 1])[0, -1]
-                log_probs = logits.float().log_softmax(-1)
-                log_probs[[PAD_ID, BOS_ID]] = -float("inf")
-                token = int(log_probs.argmax())
-                full_score += float(log_probs[token])
-                prefix = torch.cat([prefix, torch.tensor([[token]])], dim=1)
-                if token == EOS_ID:
-                    break
-            assert prefix[0, 1:-1].tolist() == hyp.tokens
-            assert abs(full_score - hyp.score) < 1e-4
 
 
 def test_every_input_line_gives_one_output_line_in_order(toy_run, sources, tmp_path):
@@ -179,31 +105,8 @@ def test_a_reader_that_leaves_early_is_not_an_error(toy_run, sources):
     process = subprocess.Popen([sys.executable, "-m", "mt", "translate", "--run-dir", str(toy_run / "run")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone before the first line is written
-    _, stderr = process.communicate(("\n".join(sources * 50) + "\n").encode(), timeout=120)
+    _, stderr = process.communicate(("\n".join(sources * 50) + "\n").encode())
     assert process.returncode == 0, stderr.decode()[-2000:]
-
-
-@pytest.mark.parametrize("args, expected", [
-    (["--beam", "0"], "Invalid value for '--beam'"),
-    (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens'"),
-    (["--nbest", "0"], "Invalid value for '--nbest'"),
-])
-def test_decoding_options_out_of_range_are_refused(toy_run, args, expected):
-    result = run_mt("translate", "--run-dir", str(toy_run / "run"), *args, input="x\n", check=False)
-    assert result.returncode == 2 and expected in result.stderr and result.stdout == ""
-
-
-def test_eval_refuses_empty_files_and_options_it_would_ignore(toy_run, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    result = run_mt("eval", "--hyp", str(empty), "--ref", str(empty), check=False)
-    assert result.returncode == 1 and "error: " in result.stderr and "no lines to score" in result.stderr
-    ref = str(toy_run / "data/test.trg")
-    result = run_mt("eval", "--hyp", ref, "--ref", ref, "--run-dir", str(toy_run / "run"), check=False)
-    assert result.returncode == 1 and "--run-dir: not used with --hyp" in result.stderr
-    result = run_mt("eval", "--run-dir", str(toy_run / "run"), "--output", str(tmp_path / "o.txt"), check=False)
-    assert result.returncode == 1 and "--output goes with --src" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_eval_bleu_equals_the_sacrebleu_command(toy_run, tmp_path):

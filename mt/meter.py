@@ -1,0 +1,71 @@
+"""Throughput of training: tokens per second, padding, model FLOPs utilisation (MFU), peak memory."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+
+from mt.batching import Batch
+from mt.model import Transformer
+
+# bf16 dense peak of the card, for model FLOPs utilisation (MFU)
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+class Meter:
+    """Loss and throughput since the last reading; the loss stays on the device until then."""
+
+    def __init__(self, model: Transformer, device: torch.device, world: int = 1):
+        self.model, self.device, self.world = model, device, world
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.trg_tokens = self.src_tokens = self.padded = self.flops = 0
+        self.since = time.monotonic()
+
+    def add(self, loss: Optional[torch.Tensor], batches: list[Batch]) -> None:
+        """Count one update's batches (nothing when the update was skipped: loss None)."""
+        if loss is None:
+            return
+        self.loss += loss
+        for b in batches:
+            self.trg_tokens += b.trg_tokens
+            self.src_tokens += b.src_tokens
+            self.padded += b.padded_tokens
+            self.flops += model_flops(self.model, b)
+
+    def read(self) -> dict:
+        """loss per target token, target tokens/s over all processes, padding share; on CUDA, MFU and memory."""
+        seconds = max(time.monotonic() - self.since, 1e-9)
+        out = {"loss": self.loss.item() / max(self.trg_tokens, 1),
+               "trg_tokens_per_s": self.trg_tokens * self.world / seconds,
+               "padding": 1 - (self.trg_tokens + self.src_tokens) / max(self.padded, 1)}
+        if self.device.type == "cuda":
+            peak = peak_flops(self.device)
+            out["mfu"] = self.flops / seconds / peak if peak else None
+            out["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return out
+
+
+def model_flops(model: Transformer, batch: Batch) -> float:
+    """Training FLOPs of one batch: 6 x parameters used per real token (forward + backward)
+    plus the attention score and mixing matmuls, 6 x 2 x query x key x d_model per layer.
+
+    Lengths are the padded ones for attention (what the GPU computes), real tokens otherwise.
+    """
+    d = model.output.in_features
+    enc = sum(p.numel() for p in model.encoder_layers.parameters())
+    dec = sum(p.numel() for p in model.decoder_layers.parameters()) + model.output.weight.numel()
+    src_len, trg_len = batch.src_ids.shape[1], batch.trg_in.shape[1]
+    dense = 6 * (enc * batch.src_tokens + dec * batch.trg_tokens)
+    attn = 12 * d * (len(model.encoder_layers) * src_len * batch.src_tokens
+                     + len(model.decoder_layers) * (trg_len / 2 + src_len) * batch.trg_tokens)
+    return dense + attn
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)

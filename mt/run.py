@@ -1,0 +1,191 @@
+"""What a training run is made of: `Run`, built once (model, optimizer, schedule, data), and
+`State`, what changes as it trains (step, position, best score, flags); building the one and
+resuming the other from the newest step checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mt import distributed, rundir
+from mt.batching import BatchStream, Position, make_batches
+from mt.checkpoint import build_model, load_checkpoint, restore
+from mt.config import Config, to_dict
+from mt.data import EncodedSplit, load_ids
+from mt.device import autocast, autocast_dtype
+from mt.errors import MtError
+from mt.files import read_lines
+from mt.model import Transformer
+from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """What changes as training goes. The fields down to `skipped_steps` are saved in every
+    checkpoint (see `saved`); the rest belong to this process only."""
+
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    best: Optional[float] = None  # best validation metric so far
+    bad_validations: int = 0  # validations in a row without improvement
+    bad_steps: int = 0  # consecutive non-finite losses
+    memory_skips: int = 0  # consecutive updates whose batch did not fit in memory
+    skipped_steps: int = 0  # non-finite or out-of-memory updates skipped in total
+    metrics: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
+    stop_requested: Optional[str] = None  # the signal's name, once one arrived
+    failed: Optional[str] = None  # why training cannot go on (memory); raised once the step is saved
+    saved_step: int = -1  # the step of the newest step checkpoint
+
+    SAVED = ("step", "position", "best", "bad_validations", "bad_steps", "memory_skips", "skipped_steps")
+
+    def saved(self) -> dict:
+        """The checkpoint's `state` entry, as plain data."""
+        return {name: dataclasses.asdict(self.position) if name == "position" else getattr(self, name)
+                for name in self.SAVED}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> State:
+        return cls(**{**saved, "position": Position(**saved["position"])})
+
+
+@dataclass
+class Dev:
+    """The dev set: ids and batches for the loss, raw text for BLEU."""
+
+    ids: EncodedSplit
+    batches: list[list[int]]
+    src_lines: list[str]
+    trg_lines: list[str]
+
+
+@dataclass
+class Run:
+    """Everything made once at the start of training."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    model: torch.nn.Module  # what is called: maybe compiled, maybe DistributedDataParallel
+    raw_model: Transformer  # what is saved and decoded with
+    tokenizer: Tokenizer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast_dtype: Optional[torch.dtype]
+    stream: BatchStream
+    dist: distributed.Context
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
+
+    @cached_property
+    def dev(self) -> Dev:
+        """Read at the first validation, then kept."""
+        files = rundir.recorded_files(self.run_dir).dev
+        ids = load_ids(rundir.ids_file(self.run_dir, "dev"))
+        lengths = lambda side: [min(len(x), self.cfg.model.max_len - 1) for x in side]  # noqa: E731
+        batches = make_batches(lengths(ids.src), lengths(ids.trg), self.cfg.training.batch_tokens)
+        return Dev(ids, batches, read_lines(files.src), read_lines(files.trg))
+
+    def autocast(self):
+        return autocast(self.device, self.autocast_dtype)
+
+
+# ----------------------------------------------------------------------------- building and resuming
+
+
+def check_run_dir(cfg: Config, run_dir: Path, restart: bool) -> None:
+    """Refuse to mix two different runs in one directory (unless told to start over)."""
+    if restart:
+        rundir.clear_training(run_dir)
+        return
+    steps = rundir.step_checkpoints(run_dir)
+    if not steps:
+        return
+    old = load_checkpoint(steps[-1])["config"]
+    new = to_dict(cfg)
+    for section in ("data", "tokenizer", "model"):
+        if old.get(section) != new[section]:
+            diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]]
+            raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
+                          "differ): set run_dir to a new folder, use the original config to continue, "
+                          "or pass --restart to start over in this folder")
+
+
+def make_run(cfg: Config, run_dir: Path, device: torch.device, dist: distributed.Context) -> Run:
+    seed_everything(cfg.training.seed)
+    tokenizer = Tokenizer.load(rundir.tokenizer_dir(run_dir))
+    raw_model = build_model(cfg, tokenizer).to(device)
+    dtype = autocast_dtype(cfg.training.precision, device)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.training.lr, betas=tuple(cfg.training.betas),
+                                  weight_decay=cfg.training.weight_decay, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model = dist.wrap(raw_model)
+    if cfg.training.compile:
+        model = torch.compile(model, dynamic=False)
+    train_ids = load_ids(rundir.ids_file(run_dir, "train"))
+    stream = BatchStream(train_ids.src, train_ids.trg, cfg.training.batch_tokens, cfg.training.seed,
+                         cfg.model.max_len, rank=dist.rank, world=dist.world)
+    return Run(cfg, run_dir, device, model, raw_model, tokenizer, optimizer, scheduler, scaler, dtype, stream, dist)
+
+
+def seed_everything(seed: int) -> None:
+    """Torch's generators (weights, dropout) and Python's; batching shuffles with its own Random."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(cfg: Config):
+    """Learning-rate multiplier per update: linear warmup, then inverse sqrt, cosine or flat."""
+    t = cfg.training
+    warmup = max(t.warmup_steps, 1)
+
+    def multiplier(step: int) -> float:
+        step = step + 1  # LambdaLR counts from 0; the first update is step 1
+        if step < warmup:
+            return step / warmup
+        if t.schedule == "inverse_sqrt":
+            return math.sqrt(warmup / step)
+        if t.schedule == "cosine" and t.max_steps:
+            progress = min((step - warmup) / max(t.max_steps - warmup, 1), 1.0)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return multiplier
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resume(run: Run) -> State:
+    """Continue from the newest step checkpoint, if there is one."""
+    steps = rundir.step_checkpoints(run.run_dir)
+    metrics = rundir.read_metrics(run.run_dir) if run.is_main else []
+    if not steps:
+        return State(metrics=metrics)
+    ckpt = load_checkpoint(steps[-1], map_location=run.device)
+    saved = restore(ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.dist.rank)
+    state = State.from_saved(saved)
+    if state.memory_skips >= run.cfg.training.max_bad_steps:
+        # saved when training stopped for them: a run with a smaller batch gets a fresh count
+        state.memory_skips = 0
+    state.saved_step = state.step
+    state.metrics = [m for m in metrics if m.get("step", 0) <= state.step]
+    if run.is_main:
+        log.info("resuming %s from %s (step %d, epoch %d)", run.run_dir, steps[-1].name,
+                 state.step, state.position.epoch)
+    return state

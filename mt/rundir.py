@@ -1,0 +1,171 @@
+"""The layout of a run directory: every path inside one is spelled here and nowhere else.
+
+    RUN_DIR/
+      config.yaml         the resolved config                             (prepare)
+      manifest.json       what was made from what; its absence = unprepared (prepare)
+      tokenizer/          joint.model, or src.model and trg.model        (prepare)
+      cache/train.npz     ids of the filtered training pairs             (prepare)
+      cache/dev.npz       ids of every dev pair                          (prepare)
+      checkpoints/        step_<N>.pt, best.pt, averaged.pt              (train, average)
+      metrics.jsonl       one JSON object per log line or validation     (train; read by plot)
+      train.log           the training log                               (the CLI, for train)
+      eval/               hypotheses `mt eval` scored: <set>.<checkpoint>.beam<k>.txt
+      curves.png          `mt plot`'s default picture
+
+The manifest's `files` record names the text files the run came from; `recorded_files` reads
+it back, so scoring test sets needs no part of prepare.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from mt.config import FilePair
+from mt.data import ResolvedData
+from mt.errors import MtError
+from mt.files import read_lines, write_text
+
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer"
+CACHE = "cache"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train.log"
+EVAL = "eval"
+CURVES = "curves.png"
+STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def config_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG
+
+
+def manifest_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MANIFEST
+
+
+def tokenizer_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TOKENIZER
+
+
+def ids_file(run_dir: str | Path, split: str) -> Path:
+    """The id cache of `split` (train or dev)."""
+    return Path(run_dir) / CACHE / f"{split}.npz"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def step_checkpoint(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:07d}.pt"
+
+
+def named_checkpoint(run_dir: str | Path, name: str) -> Path:
+    """best.pt or averaged.pt."""
+    return checkpoint_dir(run_dir) / f"{name}.pt"
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """step_<N>.pt files, oldest first."""
+    found = [(int(m.group(1)), p) for p in checkpoint_dir(run_dir).glob("step_*.pt")
+             if (m := STEP_FILE.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def metrics_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def train_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TRAIN_LOG
+
+
+def eval_output(run_dir: str | Path, test_set: str, checkpoint: Path, beam: int) -> Path:
+    return Path(run_dir) / EVAL / f"{test_set}.{checkpoint.stem}.beam{beam}.txt"
+
+
+def eval_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EVAL
+
+
+def curves_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CURVES
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+def read_metrics(run_dir: str | Path, missing_ok: bool = True) -> list[dict]:
+    """The rows of metrics.jsonl; a line that is not JSON is an error naming it."""
+    path = metrics_file(run_dir)
+    if not path.is_file():
+        if missing_ok:
+            return []
+        raise MtError(f"{path}: no such file (mt train writes it)")
+    rows = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
+    return rows
+
+
+def write_metrics(run_dir: str | Path, rows: list[dict]) -> None:
+    """Rewrite metrics.jsonl whole (atomically, so it never ends in half a line)."""
+    write_text(metrics_file(run_dir), "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def clear_training(run_dir: str | Path) -> None:
+    """Remove what training wrote (checkpoints, metrics.jsonl), for `mt train --restart`."""
+    for path in step_checkpoints(run_dir) + [named_checkpoint(run_dir, n) for n in ("best", "averaged")]:
+        path.unlink(missing_ok=True)
+    folder = checkpoint_dir(run_dir)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    metrics_file(run_dir).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- manifest.json
+
+
+def read_manifest(run_dir: str | Path) -> Optional[dict]:
+    """The manifest, or None when there is none (the run dir is unprepared)."""
+    path = manifest_file(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
+
+
+def write_manifest(run_dir: str | Path, manifest: dict) -> None:
+    write_text(manifest_file(run_dir), json.dumps(manifest, indent=2) + "\n")
+
+
+def outputs_exist(run_dir: str | Path, manifest: dict) -> bool:
+    """Whether every file prepare makes is there: config, id caches, tokenizer models."""
+    models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
+    made = [config_file(run_dir), ids_file(run_dir, "train"), ids_file(run_dir, "dev"), *models]
+    return bool(models) and all(path.is_file() for path in made)
+
+
+def recorded_files(run_dir: str | Path) -> ResolvedData:
+    """The train/dev/test text files a prepared run came from; an error if it was never prepared."""
+    manifest = read_manifest(run_dir)
+    if manifest is None or not outputs_exist(run_dir, manifest):
+        raise MtError(f"{run_dir} is not prepared: run mt prepare --config CONFIG")
+    record = manifest["files"]
+
+    def pair(entry: dict) -> FilePair:
+        return FilePair(src=entry["src"]["path"], trg=entry["trg"]["path"])
+
+    return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
+                        tests={name: pair(entry) for name, entry in record["test"].items()})

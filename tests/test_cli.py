@@ -1,0 +1,45 @@
+"""The `mt` command's face: option checks that only the CLI makes, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_mt
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--beam", "0"], "Invalid value for '--beam'"),
+    (["--batch-tokens", "-5"], "Invalid value for '--batch-tokens'"),
+    (["--nbest", "0"], "Invalid value for '--nbest'"),
+])
+def test_decoding_options_out_of_range_are_refused(toy_run, args, expected):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), *args, input="x\n", check=False)
+    assert result.returncode == 2 and expected in result.stderr and result.stdout == ""
+
+
+
+def test_eval_refuses_empty_files_and_options_it_would_ignore(toy_run, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = run_mt("eval", "--hyp", str(empty), "--ref", str(empty), check=False)
+    assert result.returncode == 1 and "error: " in result.stderr and "no lines to score" in result.stderr
+    ref = str(toy_run / "data/test.trg")
+    result = run_mt("eval", "--hyp", ref, "--ref", ref, "--run-dir", str(toy_run / "run"), check=False)
+    assert result.returncode == 1 and "--run-dir: not used with --hyp" in result.stderr
+    result = run_mt("eval", "--run-dir", str(toy_run / "run"), "--output", str(tmp_path / "o.txt"), check=False)
+    assert result.returncode == 1 and "--output goes with --src" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+
+def test_a_precision_that_does_not_exist_is_refused(toy_run):
+    result = run_mt("translate", "--run-dir", str(toy_run / "run"), "--precision", "fp8", input="x\n", check=False)
+    assert result.returncode == 2 and "Invalid value for '--precision'" in result.stderr and result.stdout == ""
+
+
+def test_verbose_adds_the_traceback_to_an_error(tmp_path):
+    quiet = run_mt("translate", "--run-dir", str(tmp_path), input="x\n", check=False)
+    loud = run_mt("--verbose", "translate", "--run-dir", str(tmp_path), input="x\n", check=False)
+    assert quiet.returncode == 1 and quiet.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: not an mt run directory (no tokenizer/ in it; run mt train first)"]
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "MtError" in loud.stderr
