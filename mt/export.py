@@ -42,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mt import rundir
 from mt.checkpoint import Loaded, load_for_inference
 from mt.config import ModelConfig
 from mt.errors import MtError
@@ -262,7 +263,7 @@ def replace_dir(staging: Path, output: Path) -> None:
 
 def write_companions(folder: Path, run_dir: Path, loaded: Loaded, quantization: str) -> None:
     """SentencePiece model(s), decoding settings, translate.py and README.txt beside model.bin."""
-    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer_dir = rundir.tokenizer_dir(run_dir)
     names = ["joint.model"] if loaded.tokenizer.joint else ["src.model", "trg.model"]
     for name in names:
         shutil.copyfile(tokenizer_dir / name, folder / name)
