@@ -11,6 +11,8 @@
       train.log           the training log                               (the CLI, for train)
       eval/               hypotheses `mt eval` scored: <set>.<checkpoint>.beam<k>.txt
       curves.png          `mt plot`'s default picture
+      .mt-run             the marker: mt made this folder, so mt may write and delete in it
+      .mt-lock            the lock a writing command holds (see lock.py)
 
 The manifest's `files` record names the text files the run came from; `recorded_files` reads
 it back, so scoring test sets needs no part of prepare.
@@ -19,6 +21,7 @@ it back, so scoring test sets needs no part of prepare.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Optional
@@ -27,6 +30,8 @@ from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
 from mt.files import read_lines, write_text
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
@@ -37,7 +42,18 @@ METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 EVAL = "eval"
 CURVES = "curves.png"
+MARKER = ".mt-run"
+LOCK = ".mt-lock"
+TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def lock_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LOCK
+
+
+def marker_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MARKER
 
 
 def config_file(run_dir: str | Path) -> Path:
@@ -169,3 +185,54 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
 
     return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
                         tests={name: pair(entry) for name, entry in record["test"].items()})
+
+
+# ----------------------------------------------------------------------------- ownership
+
+
+def check_ours(run_dir: str | Path) -> None:
+    """Refuse a run dir that mt did not make: a file, or a non-empty folder without the marker
+    that is not a run of an older mt either. Reads only, so it runs before the lock is taken."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MtError(f"run_dir: {run_dir} is a file, not a folder")
+    if marker_file(run_dir).is_file() or not run_dir.is_dir() or _made_by_older_mt(run_dir):
+        return
+    if any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        raise MtError(f"{run_dir} is a folder that mt did not make (no {MARKER} in it, and it is not empty): "
+                      "mt writes and deletes only in its own run dirs; set run_dir to a new or empty folder")
+
+
+def claim(run_dir: str | Path) -> None:
+    """Mark `run_dir` as mt's (a run of an older mt is adopted with a note) and remove the
+    temporary files a killed command left. Call holding the lock, after `check_ours`."""
+    run_dir = Path(run_dir)
+    marker = marker_file(run_dir)
+    if not marker.is_file():
+        if _made_by_older_mt(run_dir):
+            log.info("note: %s: a run dir of an older mt; marking it as mt's (%s)", run_dir, MARKER)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(marker, "This folder is a run directory made by mt; mt may write and delete in it.\n")
+    remove_temp_files(run_dir)
+
+
+def _made_by_older_mt(run_dir: Path) -> bool:
+    if step_checkpoints(run_dir):
+        return True
+    try:
+        return "prepare_key" in json.loads(manifest_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the `.NAME.XXXX.tmp` files that files.atomic_write leaves when a kill cuts a write
+    short; none of them is ever a finished file. Call holding the lock: no writer is running."""
+    removed = [path for path in Path(run_dir).rglob(".*.tmp")
+               if TEMP_FILE.match(path.name) and path.is_file() and not path.is_symlink()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        log.info("note: %s: removed %d temporary file(s) left by an interrupted command",
+                 run_dir, len(removed))
+    return removed
