@@ -44,7 +44,7 @@ EVAL = "eval"
 CURVES = "curves.png"
 MARKER = ".mt-run"
 LOCK = ".mt-lock"
-TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # what files.atomic_write leaves when killed
+TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
 

@@ -46,3 +46,40 @@ def test_a_second_train_on_a_held_run_dir_is_refused_naming_the_holder(toy, hold
 def test_prepare_on_a_held_run_dir_is_refused_too(toy, holder):
     result = toy.mt("prepare")
     assert result.returncode == 1 and f"pid {holder.pid}" in error_line(result)
+
+
+def test_restart_on_a_folder_mt_did_not_make_deletes_nothing(toy):
+    toy.run_dir.mkdir()
+    (toy.run_dir / "thesis.tex").write_text("years of work\n", encoding="utf-8")
+    (toy.run_dir / "metrics.jsonl").write_text("{\"mine\": 1}\n", encoding="utf-8")
+    result = toy.mt("train", "--restart")
+    assert result.returncode == 1
+    line = error_line(result)
+    assert str(toy.run_dir) in line and "mt did not make" in line
+    assert sorted(p.name for p in toy.run_dir.iterdir()) == ["metrics.jsonl", "thesis.tex"]
+
+
+def test_a_run_dir_mt_made_carries_the_marker_and_an_older_run_is_adopted(toy, caplog):
+    from mt import rundir
+
+    assert toy.mt("prepare").returncode == 0
+    assert (toy.run_dir / ".mt-run").is_file()
+    (toy.run_dir / ".mt-run").unlink()  # now it looks like a run dir of an older mt: prepared, no marker
+    rundir.check_ours(toy.run_dir)
+    with caplog.at_level("INFO", logger="mt.rundir"):
+        rundir.claim(toy.run_dir)
+    assert "a run dir of an older mt" in caplog.text and (toy.run_dir / ".mt-run").is_file()
+
+
+def test_temporary_files_of_a_killed_write_are_removed_by_the_next_writer(toy):
+    assert toy.mt("prepare").returncode == 0
+    (toy.run_dir / "checkpoints").mkdir()
+    left = [toy.run_dir / "checkpoints" / ".step_0000010.pt.k3j_9x2a.tmp", toy.run_dir / ".manifest.json.a1b2c3d4.tmp"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    mine = toy.run_dir / ".notes.tmp"  # not a name atomic_write makes: kept
+    mine.write_text("mine\n", encoding="utf-8")
+    result = toy.mt("prepare")
+    assert result.returncode == 0, result.stderr
+    assert not any(path.exists() for path in left) and mine.is_file()
+    assert "removed 2 temporary file(s)" in result.stderr
