@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -139,13 +140,29 @@ def write_metrics(run_dir: str | Path, rows: list[dict]) -> None:
 
 
 def clear_training(run_dir: str | Path) -> None:
-    """Remove what training wrote (checkpoints, metrics.jsonl), for `mt train --restart`."""
-    for path in step_checkpoints(run_dir) + [named_checkpoint(run_dir, n) for n in ("best", "averaged")]:
-        path.unlink(missing_ok=True)
+    """Remove everything training wrote (checkpoints, metrics.jsonl, train.log, eval/, curves),
+    for `mt train --restart`. A symlinked checkpoints/ keeps its link and loses its contents.
+    Whatever cannot be removed stops the restart with an error naming it: never half a restart."""
     folder = checkpoint_dir(run_dir)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    metrics_file(run_dir).unlink(missing_ok=True)
+    try:
+        if folder.is_symlink():
+            for entry in folder.iterdir():
+                _remove(entry)
+        elif folder.exists():
+            _remove(folder)
+        for path in (metrics_file(run_dir), train_log(run_dir), eval_dir(run_dir), curves_file(run_dir)):
+            if path.exists() or path.is_symlink():
+                _remove(path)
+    except OSError as e:
+        raise MtError(f"--restart: cannot remove {e.filename or folder} ({e.strerror or e}); nothing was "
+                      "trained: fix it (or remove it yourself) and run again") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 # ----------------------------------------------------------------------------- manifest.json

@@ -83,3 +83,30 @@ def test_temporary_files_of_a_killed_write_are_removed_by_the_next_writer(toy):
     assert result.returncode == 0, result.stderr
     assert not any(path.exists() for path in left) and mine.is_file()
     assert "removed 2 temporary file(s)" in result.stderr
+
+
+def test_restart_clears_a_symlinked_checkpoints_folder_and_keeps_the_link(tmp_path):
+    from mt import rundir
+
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "scratch" / "ckpts"
+    run_dir.mkdir()
+    elsewhere.mkdir(parents=True)
+    (run_dir / "checkpoints").symlink_to(elsewhere)
+    for name in ("step_0000100.pt", "best.pt", "averaged.pt", ".step_0000200.pt.abcd1234.tmp"):
+        (elsewhere / name).write_bytes(b"weights")
+    (run_dir / "metrics.jsonl").write_text("{\"step\": 100}\n", encoding="utf-8")
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "test.best.beam5.txt").write_text("a hypothesis\n", encoding="utf-8")
+    rundir.clear_training(run_dir)
+    assert (run_dir / "checkpoints").is_symlink() and list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]
+
+
+def test_restart_that_cannot_remove_the_old_run_stops_before_training(toy):
+    assert toy.mt("prepare").returncode == 0
+    (toy.run_dir / "checkpoints").symlink_to(toy.folder / "unmounted-disk")  # a link to nowhere
+    (toy.run_dir / "metrics.jsonl").write_text("{\"step\": 100}\n", encoding="utf-8")
+    result = toy.mt("train", "--restart")
+    assert result.returncode == 1
+    line = error_line(result)
+    assert "--restart: cannot remove" in line and "checkpoints" in line
