@@ -30,7 +30,7 @@ from typing import Optional
 from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
-from mt.files import read_lines, write_text
+from mt.files import read_lines, same_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,12 @@ def train_log(run_dir: str | Path) -> Path:
 
 
 def eval_output(run_dir: str | Path, test_set: str, checkpoint: Path, beam: int) -> Path:
-    return Path(run_dir) / EVAL / f"{test_set}.{checkpoint.stem}.beam{beam}.txt"
+    """Where `mt eval` writes a test set's hypotheses; a name that would lead out of eval/ is an error."""
+    path = eval_dir(run_dir) / f"{test_set}.{checkpoint.stem}.beam{beam}.txt"
+    if "/" in test_set or "\\" in test_set or path.resolve().parent != eval_dir(run_dir).resolve():
+        raise MtError(f"data.test: test set name {test_set!r} is not a plain name (it would write {path} "
+                      "outside the run's eval folder): rename it in the config")
+    return path
 
 
 def eval_dir(run_dir: str | Path) -> Path:
@@ -112,6 +117,25 @@ def eval_dir(run_dir: str | Path) -> Path:
 
 def curves_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CURVES
+
+
+def records(run_dir: str | Path) -> list[Path]:
+    """The files a run is made of, which no output option may overwrite (averaged.pt, eval/ and
+    curves.png are outputs themselves)."""
+    models = list(tokenizer_dir(run_dir).glob("*.model")) + list(tokenizer_dir(run_dir).glob("*.vocab"))
+    return [config_file(run_dir), manifest_file(run_dir), metrics_file(run_dir), train_log(run_dir),
+            marker_file(run_dir), lock_file(run_dir), ids_file(run_dir, "train"), ids_file(run_dir, "dev"),
+            *models, *step_checkpoints(run_dir), named_checkpoint(run_dir, "best")]
+
+
+def check_output(option: str, output: Optional[Path], keep: list[Path]) -> None:
+    """Refuse an output path that names one of the files in `keep` (an input, a run's record)."""
+    if output is None:
+        return
+    for path in keep:
+        if path is not None and same_file(output, path):
+            raise MtError(f"{option} {output}: that is {path}, which this command must not overwrite; "
+                          "choose another file")
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl

@@ -110,3 +110,40 @@ def test_restart_that_cannot_remove_the_old_run_stops_before_training(toy):
     assert result.returncode == 1
     line = error_line(result)
     assert "--restart: cannot remove" in line and "checkpoints" in line
+
+
+def test_eval_output_onto_its_own_source_or_reference_is_refused(tmp_path):
+    src = tmp_path / "test.de"
+    ref = tmp_path / "test.en"
+    src.write_text("Der Hund sieht das Boot.\n", encoding="utf-8")
+    ref.write_text("The dog sees the boat.\n", encoding="utf-8")
+    for target, onto in ((tmp_path / "sub" / ".." / "test.de", src), (ref, ref)):
+        result = run_mt("eval", "--run-dir", str(tmp_path / "run"), "--src", str(src), "--ref", str(ref),
+                        "--output", str(target), check=False)
+        assert result.returncode == 1 and f"that is {onto}" in error_line(result)
+    assert src.read_text(encoding="utf-8") == "Der Hund sieht das Boot.\n"
+    assert ref.read_text(encoding="utf-8") == "The dog sees the boat.\n"
+
+
+def test_plot_output_onto_metrics_and_average_output_onto_a_checkpoint_are_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("{\"step\": 1, \"loss\": 2.0}\n", encoding="utf-8")
+    step = run_dir / "checkpoints" / "step_0000001.pt"
+    step.write_bytes(b"weights")
+    (tmp_path / "linked.pt").hardlink_to(step)  # another name of the same file
+    result = run_mt("plot", "--run-dir", str(run_dir), "--output", str(run_dir / "metrics.jsonl"), check=False)
+    assert result.returncode == 1 and "metrics.jsonl, which this command must not overwrite" in error_line(result)
+    for output in (step, tmp_path / "linked.pt", run_dir / "checkpoints" / "best.pt"):
+        result = run_mt("average", "--run-dir", str(run_dir), "--output", str(output), check=False)
+        assert result.returncode == 1 and "must not overwrite" in error_line(result)
+    assert step.read_bytes() == b"weights" and not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_a_test_set_named_with_dots_cannot_write_outside_the_run_dir(tmp_path):
+    from mt import rundir
+    from mt.errors import MtError
+
+    with pytest.raises(MtError, match="not a plain name"):
+        rundir.eval_output(tmp_path / "run", "../../x", Path("best.pt"), 5)
+    assert rundir.eval_output(tmp_path / "run", "newstest2014", Path("best.pt"), 5).parent == tmp_path / "run" / "eval"
