@@ -141,20 +141,34 @@ def check_output(option: str, output: Optional[Path], keep: list[Path]) -> None:
 # ----------------------------------------------------------------------------- metrics.jsonl
 
 
-def read_metrics(run_dir: str | Path, missing_ok: bool = True) -> list[dict]:
-    """The rows of metrics.jsonl; a line that is not JSON is an error naming it."""
+def read_metrics(run_dir: str | Path, missing_ok: bool = True, repair: bool = False) -> list[dict]:
+    """The rows of metrics.jsonl. A last line cut short (no newline: a kill mid-write) is dropped
+    with a note, and with `repair` the file is rewritten without it; any other line that is not a
+    JSON object is an error naming file:line."""
     path = metrics_file(run_dir)
     if not path.is_file():
         if missing_ok:
             return []
         raise MtError(f"{path}: no such file (mt train writes it)")
+    text = path.read_text(encoding="utf-8", errors="replace")  # rows are ASCII; a cut one may not be
+    lines = text.splitlines()
     rows = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not text.endswith("\n"):
+                log.info("note: %s:%d: dropped a last line cut short (an interrupted write)", path, number)
+                if repair:
+                    write_metrics(run_dir, rows)
+                break
+            raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise MtError(f"{path}:{number}: not a JSON object but {type(row).__name__}; "
+                          "metrics.jsonl holds only the rows mt train writes")
+        rows.append(row)
     return rows
 
 

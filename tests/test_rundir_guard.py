@@ -147,3 +147,28 @@ def test_a_test_set_named_with_dots_cannot_write_outside_the_run_dir(tmp_path):
     with pytest.raises(MtError, match="not a plain name"):
         rundir.eval_output(tmp_path / "run", "../../x", Path("best.pt"), 5)
     assert rundir.eval_output(tmp_path / "run", "newstest2014", Path("best.pt"), 5).parent == tmp_path / "run" / "eval"
+
+
+ROWS = "{\"step\": 10, \"loss\": 3.0}\n{\"step\": 20, \"loss\": 2.5}\n"
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_and_repaired_on_resume(tmp_path, caplog):
+    from mt import rundir
+
+    (tmp_path / "metrics.jsonl").write_text(ROWS + "{\"step\": 30, \"lo", encoding="utf-8")
+    with caplog.at_level("INFO", logger="mt.rundir"):
+        rows = rundir.read_metrics(tmp_path, repair=True)
+    assert [row["step"] for row in rows] == [10, 20]
+    assert "metrics.jsonl:3: dropped a last line cut short" in caplog.text
+    assert (tmp_path / "metrics.jsonl").read_text(encoding="utf-8") == ROWS
+
+
+def test_a_foreign_row_in_metrics_is_an_error_naming_file_and_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for bad in ("not json at all", "[1, 2, 3]"):
+        lines = ROWS.splitlines()
+        (run_dir / "metrics.jsonl").write_text(f"{lines[0]}\n{bad}\n{lines[1]}\n", encoding="utf-8")
+        result = run_mt("plot", "--run-dir", str(run_dir), check=False)
+        assert result.returncode == 1
+        assert error_line(result).startswith(f"{run_dir / 'metrics.jsonl'}:2: not a JSON object")
