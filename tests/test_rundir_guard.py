@@ -172,3 +172,20 @@ def test_a_foreign_row_in_metrics_is_an_error_naming_file_and_line(tmp_path):
         result = run_mt("plot", "--run-dir", str(run_dir), check=False)
         assert result.returncode == 1
         assert error_line(result).startswith(f"{run_dir / 'metrics.jsonl'}:2: not a JSON object")
+
+
+def test_average_refuses_checkpoints_of_another_tokenizer_naming_them(toy_run, tmp_path):
+    import shutil
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(toy_run / "run", run_dir)
+    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(newest, weights_only=False)
+    state["tokenizer"] = {**state["tokenizer"], "models": {"joint.model": "0" * 64}}
+    torch.save(state, newest)
+    result = run_mt("average", "--run-dir", str(run_dir), "--last", "2", check=False)
+    assert result.returncode == 1
+    assert f"{newest.name} were trained with another tokenizer" in error_line(result)
+    assert not (run_dir / "checkpoints" / "averaged.pt").exists()
