@@ -303,6 +303,22 @@ def plot(
 
 
 @app.command()
+def export(
+    run_dir: RunDirOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the exported model to.")],
+    checkpoint: CheckpointOpt = "best",
+    format_: Annotated[str, typer.Option("--format", help="ctranslate2 (the one format so far).")] = "ctranslate2",
+    quantization: Annotated[str, typer.Option("--quantization", help="Weights: none (float32), int8, int8_float16, float16 or bfloat16.")] = "none",
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if an earlier mt export made it.")] = False,
+) -> None:
+    """Write a run's model as a CTranslate2 folder (model, vocabularies, SentencePiece, translate.py, README.txt)."""
+    from mt.export import export_run
+
+    typer.echo(str(export_run(run_dir, output, checkpoint=checkpoint, fmt=format_, quantization=quantization,
+                              force=force)))
+
+
+@app.command()
 def serve(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",

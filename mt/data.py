@@ -1,47 +1,63 @@
 """Parallel text: where the files are (a known corpus, downloaded and checked, or the user's),
-reading and checking pairs, counted filters, and the id cache that training reads.
+reading and checking pairs, and counted filters. The id cache that training reads is idcache.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import io
+import itertools
 import logging
 import os
 import sys
 import urllib.error
 import urllib.request
-import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from mt.config import DataConfig, FilePair, FilterConfig
 from mt.errors import ConfigError, MtError
-from mt.files import atomic_write, read_lines, sha256_file
+from mt.files import atomic_write, iter_lines, open_binary, read_lines, sha256_file
+from mt.idcache import EncodedSplit, load_ids, save_ids  # noqa: F401  (the id cache, named here as before)
 
 log = logging.getLogger(__name__)
 
-# Multi30k task 1 (Elliott et al., 2016): image captions, 29k training pairs.
+# Multi30k task 1 (Elliott et al., 2016; French 2017, Czech 2018): image captions, 29k training
+# pairs in English, German, French and Czech. Czech has only the 2016 test set, so a direction's
+# test sets are those published in both of its languages.
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
-MULTI30K_LANGS = ("de", "en")  # the languages whose file sums are pinned below
 MULTI30K_TRAIN = "train"
 MULTI30K_DEV = "val"
-MULTI30K_TESTS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+MULTI30K_TESTS = {  # language -> the test sets published in it
+    "cs": ("test_2016_flickr",),
+    "de": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+    "en": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+    "fr": ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"),
+}
+MULTI30K_LANGS = tuple(MULTI30K_TESTS)
 MULTI30K_SHA256 = {
+    "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
     "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
     "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2016_flickr.fr.gz": "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
     "test_2017_flickr.de.gz": "a2c89666db00c495cd8513b9d708d5a3acc205d7de312ef2bf5fb7ebc1540aee",
     "test_2017_flickr.en.gz": "76a444ee25172e72695cddb13ae4a3bda59430617be88e0bb46b60504f054074",
+    "test_2017_flickr.fr.gz": "3ba671ceb2299f3304ffafefea7a833d08632fbaf0ba18546f8a2ec2391af496",
     "test_2017_mscoco.de.gz": "799e4854c25d601cb6cb6be29eabe5667734c61ace2f495e03e429031a0bc338",
     "test_2017_mscoco.en.gz": "aab300bfb4427697987e02cd0aacd44bfe8aa50456231b6474c08038bbed2b58",
+    "test_2017_mscoco.fr.gz": "754f3072ba9f124569ba5258b32730fc1d214bbf8e0c6dfb2b74401676220db0",
+    "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
     "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
     "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+    "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
     "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
     "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
 }
 DOWNLOAD_TIMEOUT_S = 60
 
@@ -79,14 +95,20 @@ def _plan(cfg: DataConfig) -> dict[str, _Split]:
         "train": _Split(cfg.train) if cfg.train else _Split(None, MULTI30K_TRAIN),
         "dev": _Split(cfg.dev) if cfg.dev else _Split(None, MULTI30K_DEV),
     }
-    tests = {name: _Split(None, name) for name in MULTI30K_TESTS} if corpus else {}
+    if corpus:
+        _check_languages(cfg)
+    elif any(split.given is None for split in plan.values()):
+        raise ConfigError("data.train and data.dev: expected src/trg files, or data.corpus: multi30k")
+    tests = {name: _Split(None, name) for name in corpus_tests(cfg.src_lang, cfg.trg_lang)} if corpus else {}
     tests.update({name: _Split(pair) for name, pair in cfg.test.items()})
     plan.update({f"test.{name}": split for name, split in tests.items()})
-    if any(split.given is None for split in plan.values()):
-        if not corpus:
-            raise ConfigError("data.train and data.dev: expected src/trg files, or data.corpus: multi30k")
-        _check_languages(cfg)
     return plan
+
+
+def corpus_tests(src_lang: str, trg_lang: str) -> tuple[str, ...]:
+    """Multi30k's test sets for this direction: those published in both languages."""
+    trg_tests = MULTI30K_TESTS.get(trg_lang, ())
+    return tuple(name for name in MULTI30K_TESTS.get(src_lang, ()) if name in trg_tests)
 
 
 def _check_languages(cfg: DataConfig) -> None:
@@ -192,29 +214,90 @@ def read_parallel(src_path: str | os.PathLike, trg_path: str | os.PathLike) -> l
     return list(zip(src, trg))
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    """Lines in a text file (plain or .gz), counted in blocks without decoding: a second or two
+    per few hundred MB, so that a long read can show how far along it is."""
+    count, last = 0, b"\n"
+    try:
+        with open_binary(path) as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                count, last = count + block.count(b"\n"), block[-1:]
+    except (OSError, EOFError, zlib.error) as e:
+        raise MtError(f"{path}: cannot read: {e}") from None
+    return count + (last != b"\n")  # a last line without a newline
+
+
+def read_parallel_chunks(src_path: str | os.PathLike, trg_path: str | os.PathLike,
+                         chunk_pairs: int = 100_000) -> Iterator[tuple[list[str], list[str]]]:
+    """The pairs of two line-aligned files as (source lines, target lines), `chunk_pairs` at a
+    time, holding no more than that; the same checks as `read_parallel`, made as the files end."""
+    src_lines, trg_lines = iter_lines(src_path), iter_lines(trg_path)
+    total = 0
+    while True:
+        src = list(itertools.islice(src_lines, chunk_pairs))
+        trg = list(itertools.islice(trg_lines, len(src)))
+        if len(src) != len(trg) or (len(src) < chunk_pairs and next(trg_lines, None) is not None):
+            src_count = total + len(src) + sum(1 for _ in src_lines)
+            trg_count = total + len(trg) + (len(src) == len(trg)) + sum(1 for _ in trg_lines)
+            raise MtError(f"{src_path} has {src_count} lines but {trg_path} has {trg_count}; "
+                          "parallel files need one line per sentence on both sides")
+        if not src:
+            if not total:
+                raise MtError(f"{src_path}, {trg_path}: empty corpus (no lines)")
+            return
+        total += len(src)
+        yield src, trg
+
+
 def filter_pairs(pairs: Sequence[tuple[str, str]], cfg: FilterConfig) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Drop unusable training pairs; return the kept ones and how many each filter dropped.
+    """Drop unusable training pairs; return the kept ones and how many each filter dropped
+    (see PairFilter: the same rules, applied to one list)."""
+    pair_filter = PairFilter(cfg)
+    keep = pair_filter.keep([src for src, _ in pairs], [trg for _, trg in pairs])
+    pair_filter.check_some_kept()
+    return [pair for pair, kept in zip(pairs, keep) if kept], pair_filter.dropped
 
-    Filters run in the order of the returned dict and a pair counts against the first that
-    drops it, so the counts add up to len(pairs) - len(kept).
+
+class PairFilter:
+    """The `data.filter` rules over a stream of chunks, counting what each one drops.
+
+    Filters run in the order of `dropped` and a pair counts against the first that drops it, so
+    the counts add up to the pairs seen less those kept. A duplicate is found by a 64-bit hash
+    of the pair (8 bytes a pair kept, not the pair itself); two different pairs share one with
+    odds of about 1 in 10^7 at 20 million pairs, and then the later one is dropped.
     """
-    dropped = {"drop_empty": 0, "max_words": 0, "max_ratio": 0, "drop_duplicates": 0}
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for pair in pairs:
-        reason = _drop_reason(pair, cfg, seen)
-        if reason:
-            dropped[reason] += 1
-        else:
-            kept.append(pair)
-    if not kept:
-        counts = ", ".join(f"{name} {n}" for name, n in dropped.items() if n)
-        raise MtError(f"data.filter dropped all {len(pairs)} training pairs ({counts}); loosen data.filter")
-    return kept, dropped
+
+    def __init__(self, cfg: FilterConfig):
+        self.cfg = cfg
+        self.dropped = {"drop_empty": 0, "max_words": 0, "max_ratio": 0, "drop_duplicates": 0}
+        self.seen_pairs = 0
+        self._hashes = _HashSet()
+
+    def keep(self, src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
+        """Which pairs of this chunk to keep (a bool per pair); later chunks see these as seen."""
+        keep = np.ones(len(src_lines), dtype=bool)
+        for i, (src, trg) in enumerate(zip(src_lines, trg_lines)):
+            reason = _length_reason(len(src.split()), len(trg.split()), self.cfg)
+            if reason:
+                self.dropped[reason] += 1
+                keep[i] = False
+        if self.cfg.drop_duplicates:
+            candidates = np.flatnonzero(keep)
+            hashes = np.fromiter((_pair_hash(src_lines[i], trg_lines[i]) for i in candidates),
+                                 dtype=np.uint64, count=len(candidates))
+            repeated = self._hashes.add(hashes)
+            keep[candidates[repeated]] = False
+            self.dropped["drop_duplicates"] += int(repeated.sum())
+        self.seen_pairs += len(src_lines)
+        return keep
+
+    def check_some_kept(self) -> None:
+        if sum(self.dropped.values()) == self.seen_pairs:
+            counts = ", ".join(f"{name} {n}" for name, n in self.dropped.items() if n)
+            raise MtError(f"data.filter dropped all {self.seen_pairs} training pairs ({counts}); loosen data.filter")
 
 
-def _drop_reason(pair: tuple[str, str], cfg: FilterConfig, seen: set[tuple[str, str]]) -> Optional[str]:
-    src_words, trg_words = len(pair[0].split()), len(pair[1].split())
+def _length_reason(src_words: int, trg_words: int, cfg: FilterConfig) -> Optional[str]:
     if cfg.drop_empty and (src_words == 0 or trg_words == 0):
         return "drop_empty"
     if cfg.max_words and max(src_words, trg_words) > cfg.max_words:
@@ -222,67 +305,35 @@ def _drop_reason(pair: tuple[str, str], cfg: FilterConfig, seen: set[tuple[str, 
     # an empty side counts as one word, so with drop_empty off it is judged like a one-word side
     if cfg.max_ratio and max(src_words, trg_words) / max(min(src_words, trg_words), 1) > cfg.max_ratio:
         return "max_ratio"
-    if cfg.drop_duplicates:
-        if pair in seen:
-            return "drop_duplicates"
-        seen.add(pair)
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# The id cache: one .npz per split, each side one flat int32 array plus offsets
-# ---------------------------------------------------------------------------------------------
+def _pair_hash(src: str, trg: str) -> int:
+    """The same for the same pair in every run (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(f"{src}\n{trg}".encode(), digest_size=8).digest(), "little")
 
 
-@dataclass
-class EncodedSplit:
-    """Token ids per sentence (no BOS/EOS); `src[i]` and `trg[i]` are views into flat arrays."""
+class _HashSet:
+    """A set of 64-bit hashes as a few sorted numpy arrays (log-structured: each new chunk is
+    one more array, and arrays of similar size merge), so memory is 8 bytes an entry."""
 
-    src: list[np.ndarray]
-    trg: list[np.ndarray]
+    def __init__(self):
+        self._levels: list[np.ndarray] = []
 
-    def __len__(self) -> int:
-        return len(self.src)
-
-    @property
-    def src_lengths(self) -> np.ndarray:
-        return np.fromiter(map(len, self.src), dtype=np.int64, count=len(self.src))
-
-    @property
-    def trg_lengths(self) -> np.ndarray:
-        return np.fromiter(map(len, self.trg), dtype=np.int64, count=len(self.trg))
-
-
-def _flatten(ids_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter(map(len, ids_lists), dtype=np.int64, count=len(ids_lists))
-    offsets = np.zeros(len(ids_lists) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.fromiter((i for ids in ids_lists for i in ids), dtype=np.int32, count=int(offsets[-1]))
-    return tokens, offsets
-
-
-def save_ids(path: str | os.PathLike, src_ids: Sequence[Sequence[int]], trg_ids: Sequence[Sequence[int]]) -> None:
-    """Write one split's ids as a single uncompressed .npz (loads in milliseconds)."""
-    assert len(src_ids) == len(trg_ids), "source and target id lists must pair up"
-    src_tokens, src_offsets = _flatten(src_ids)
-    trg_tokens, trg_offsets = _flatten(trg_ids)
-    buffer = io.BytesIO()  # np.savez seeks; write the finished bytes in one go
-    np.savez(buffer, src_tokens=src_tokens, src_offsets=src_offsets,
-             trg_tokens=trg_tokens, trg_offsets=trg_offsets)
-    with atomic_write(path, "wb") as f:
-        f.write(buffer.getbuffer())
-
-
-def load_ids(path: str | os.PathLike) -> EncodedSplit:
-    try:
-        with np.load(path) as arrays:
-            parts = {name: arrays[name] for name in ("src_tokens", "src_offsets", "trg_tokens", "trg_offsets")}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:  # missing, empty, truncated, foreign
-        raise MtError(f"{path}: unreadable id cache ({e}); run mt prepare --force") from None
-    return EncodedSplit(src=_unflatten(parts["src_tokens"], parts["src_offsets"]),
-                        trg=_unflatten(parts["trg_tokens"], parts["trg_offsets"]))
-
-
-def _unflatten(tokens: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    bounds = offsets.tolist()  # plain ints: slicing with them is several times faster than np.split
-    return [tokens[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    def add(self, hashes: np.ndarray) -> np.ndarray:
+        """Add `hashes` in order; return which of them were already there (earlier in the same
+        array included), as a bool per entry."""
+        unique, first = np.unique(hashes, return_index=True)
+        repeated = np.ones(len(hashes), dtype=bool)
+        repeated[first] = False  # within the chunk, every copy after the first repeats it
+        for level in self._levels:  # never empty
+            where = np.minimum(np.searchsorted(level, hashes), len(level) - 1)
+            repeated |= level[where] == hashes
+        new = unique[~repeated[first]]
+        if not len(new):
+            return repeated
+        self._levels.append(new)
+        while len(self._levels) > 1 and len(self._levels[-2]) <= 2 * len(self._levels[-1]):
+            top = self._levels.pop()
+            self._levels[-1] = np.union1d(self._levels[-1], top)
+        return repeated

@@ -117,17 +117,20 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
     Invalid UTF-8 is an error naming the file and the 1-based line number.
     """
-    lines = []
+    return list(iter_lines(path))
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines of a UTF-8 text file (plain or .gz) one at a time, as `read_lines` gives them."""
     number = 0
     try:
         with open_binary(path) as f:
             for number, raw in enumerate(f, start=1):
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                yield raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
         raise MtError(f"{path}:{number}: invalid UTF-8") from None
     except (OSError, EOFError, zlib.error) as e:  # unreadable file, or a truncated/corrupt .gz
         raise MtError(f"{path}: cannot read: {e}") from None
-    return lines
 
 
 def decode_stdin_lines(data: bytes) -> list[str]:

@@ -1,11 +1,14 @@
 """`mt prepare`: fetch and check the data, train SentencePiece, encode train/dev into the run's cache.
 
 A prepared run directory (layout: rundir.py) holds the resolved config, the tokenizer, the id
-caches of train and dev (dev BLEU must cover the whole dev set, so dev is not filtered) and
-manifest.json: what was made from what (versions, SHA-256 sums, counts, prepare_key).
+caches of train and dev (folders of mapped arrays, idcache.py; dev BLEU must cover the whole dev
+set, so dev is not filtered) and manifest.json: what was made from what (versions, SHA-256 sums,
+counts, prepare_key).
 
-Everything is read, filtered and trained in memory before the first write, so a bad input leaves
-the run directory as it was. manifest.json is removed before and written after the other files:
+Memory stays flat in the corpus size: the training files are read twice in chunks, once to check
+and filter them and draw SentencePiece's sample (`tokenizer.max_sentences`), once to encode the
+kept pairs into the cache. Every input is checked and the tokenizer trained before the first
+write, so a bad input leaves the run directory as it was. manifest.json is removed before and written after the other files:
 a run directory without one is unprepared, whatever else is in it. Its `prepare_key` hashes the
 inputs' sums and the settings that shape the outputs; while it matches, prepare does nothing.
 """
@@ -24,16 +27,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from mt.config import Config, FilePair, to_dict, to_yaml
-from mt.data import ResolvedData, filter_pairs, input_sums, read_parallel, resolve_files, save_ids
+from mt.data import (PairFilter, ResolvedData, count_lines, input_sums, read_parallel, read_parallel_chunks,
+                     resolve_files, save_ids)
 from mt.errors import MtError
 from mt import rundir
 from mt.files import write_text
+from mt.idcache import IdCacheWriter
+from mt.progress import Progress, Ticking
 from mt.tokenizer import Tokenizer, save_models, train_models
 
 log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = 1  # bump when the outputs change meaning, so older run dirs are redone
+CHUNK_PAIRS = 50_000  # pairs read, filtered and encoded at a time: what prepare holds, whatever the corpus
+RESERVOIR_SEED = 12345678  # SentencePiece's own sampling seed; any fixed number would do
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,12 @@ class Prepared:
 
 @dataclass
 class _Outputs:
-    """Everything prepare writes, made in memory first."""
+    """What prepare decides before it writes: the tokenizer, and which training pairs it keeps."""
 
     models: dict[str, bytes]
     tokenizer: Tokenizer
-    train_ids: tuple[list[list[int]], list[list[int]]]
-    dev_ids: tuple[list[list[int]], list[list[int]]]
+    train_keep: np.ndarray  # a bool per line of the training files
+    dev: list[tuple[str, str]]
     counts: dict
     dropped: dict[str, int]
 
@@ -148,11 +158,12 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], mani
 
 
 def _make_outputs(cfg: Config, files: ResolvedData) -> _Outputs:
-    """Read and check every split, filter train, train and apply the tokenizer; write nothing."""
-    train = read_parallel(files.train.src, files.train.trg)
-    kept, dropped = filter_pairs(train, cfg.data.filter)
-    dropped_text = ", ".join(f"{name} {n}" for name, n in dropped.items() if n) or "none"
-    log.info("train: %d pairs, %d kept (dropped: %s)", len(train), len(kept), dropped_text)
+    """Read and check every split, filter train, train the tokenizer; write nothing. Training
+    pairs pass through in chunks: what stays is a bool per pair and SentencePiece's sample."""
+    scan = _scan_train(cfg, files.train)
+    kept = int(scan.keep.sum())
+    dropped_text = ", ".join(f"{name} {n}" for name, n in scan.dropped.items() if n) or "none"
+    log.info("train: %d pairs, %d kept (dropped: %s)", len(scan.keep), kept, dropped_text)
     dev = read_parallel(files.dev.src, files.dev.trg)
     log.info("dev: %d pairs (all kept)", len(dev))
     tests = {name: len(read_parallel(pair.src, pair.trg)) for name, pair in files.tests.items()}  # fail now, not after training
@@ -160,28 +171,75 @@ def _make_outputs(cfg: Config, files: ResolvedData) -> _Outputs:
         log.info("test %s: %d pairs", name, count)
 
     settings = cfg.tokenizer
-    log.info("training SentencePiece (%s, vocab %d, %s)", settings.type, settings.vocab_size,
-             "joint" if settings.joint else "separate src/trg")
-    train_src, train_trg = [src for src, _ in kept], [trg for _, trg in kept]
-    models = train_models(settings, train_src, train_trg)
+    sample_text = f"all {kept}" if len(scan.sample_src) == kept else f"a sample of {len(scan.sample_src)}"
+    log.info("training SentencePiece (%s, vocab %d, %s) on %s kept pairs", settings.type, settings.vocab_size,
+             "joint" if settings.joint else "separate src/trg", sample_text)
+    with Ticking("training SentencePiece") as ticking:
+        models = train_models(settings, scan.sample_src, scan.sample_trg)
+    log.info("SentencePiece trained in %.1f s", ticking.close())
     tokenizer = Tokenizer(models)
     log.info("vocabulary: src %d, trg %d", tokenizer.src_vocab_size, tokenizer.trg_vocab_size)
-    dev_src, dev_trg = [src for src, _ in dev], [trg for _, trg in dev]
-    return _Outputs(
-        models=models,
-        tokenizer=tokenizer,
-        train_ids=(tokenizer.encode_src(train_src), tokenizer.encode_trg(train_trg)),
-        dev_ids=(tokenizer.encode_src(dev_src), tokenizer.encode_trg(dev_trg)),
-        counts={"train": len(train), "train_kept": len(kept), "dev": len(dev), "test": tests},
-        dropped=dropped,
-    )
+    return _Outputs(models=models, tokenizer=tokenizer, train_keep=scan.keep, dev=dev,
+                    counts={"train": len(scan.keep), "train_kept": kept, "dev": len(dev), "test": tests},
+                    dropped=scan.dropped)
+
+
+@dataclass
+class _Scan:
+    keep: np.ndarray  # a bool per training pair
+    dropped: dict[str, int]
+    sample_src: list[str]  # SentencePiece's training sample: every kept pair, or a uniform sample
+    sample_trg: list[str]
+
+
+def _scan_train(cfg: Config, train: FilePair) -> _Scan:
+    """One pass over the training files: check them, filter them, draw SentencePiece's sample."""
+    pair_filter = PairFilter(cfg.data.filter)
+    # a joint model trains on both sides of each sampled pair: tokenizer.max_sentences in all
+    sample = _Reservoir(max(cfg.tokenizer.max_sentences // (2 if cfg.tokenizer.joint else 1), 1))
+    keeps = []
+    with Progress("reading train", total=count_lines(train.src)) as progress:
+        for src, trg in read_parallel_chunks(train.src, train.trg, CHUNK_PAIRS):
+            keep = pair_filter.keep(src, trg)
+            keeps.append(keep)
+            chosen = np.flatnonzero(keep)
+            sample.add([src[i] for i in chosen], [trg[i] for i in chosen])
+            progress.update(len(src))
+    pair_filter.check_some_kept()
+    return _Scan(np.concatenate(keeps), pair_filter.dropped, sample.src, sample.trg)
+
+
+class _Reservoir:
+    """A uniform random sample of `size` pairs from a stream (Vitter's algorithm R), seeded so
+    that the same corpus gives the same sample; all of them, in order, while they fit."""
+
+    def __init__(self, size: int):
+        self.size, self.seen = size, 0
+        self.src: list[str] = []
+        self.trg: list[str] = []
+        self._rng = np.random.default_rng(RESERVOIR_SEED)
+
+    def add(self, src: list[str], trg: list[str]) -> None:
+        room = min(self.size - len(self.src), len(src))
+        self.src += src[:room]
+        self.trg += trg[:room]
+        self.seen += room
+        if room == len(src):
+            return
+        # pair number n (0-based) replaces a random slot with probability size / (n + 1)
+        numbers = np.arange(self.seen, self.seen + len(src) - room)
+        slots = self._rng.integers(0, numbers + 1)
+        for i, slot in zip(np.flatnonzero(slots < self.size), slots[slots < self.size]):
+            self.src[slot], self.trg[slot] = src[room + i], trg[room + i]
+        self.seen += len(src) - room
 
 
 def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, str], key: str) -> None:
     prepared.manifest_path.unlink(missing_ok=True)  # until the new one lands, the dir reads as unprepared
     save_models(outputs.models, prepared.tokenizer_dir)
-    save_ids(prepared.train_ids, *outputs.train_ids)
-    save_ids(prepared.dev_ids, *outputs.dev_ids)
+    _encode_train(prepared, outputs)
+    tokenizer, dev = outputs.tokenizer, outputs.dev
+    save_ids(prepared.dev_ids, tokenizer.encode_src([src for src, _ in dev]), tokenizer.encode_trg([trg for _, trg in dev]))
     write_text(prepared.config_path, to_yaml(cfg))
     manifest = {
         "format": PREPARE_FORMAT,
@@ -195,6 +253,21 @@ def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, s
         "config": to_dict(cfg),
     }
     rundir.write_manifest(prepared.run_dir, manifest)
+
+
+def _encode_train(prepared: Prepared, outputs: _Outputs) -> None:
+    """Second pass over the training files: encode the kept pairs a chunk at a time (SentencePiece
+    encodes each chunk on every core) straight into the mapped cache."""
+    tokenizer, keep = outputs.tokenizer, outputs.train_keep
+    files, start = prepared.files.train, 0
+    with Progress("encoding train", total=int(keep.sum())) as progress, \
+            IdCacheWriter(prepared.train_ids) as writer:
+        for src, trg in read_parallel_chunks(files.src, files.trg, CHUNK_PAIRS):
+            chosen = np.flatnonzero(keep[start: start + len(src)])
+            start += len(src)
+            writer.add(tokenizer.encode_src([src[i] for i in chosen]), tokenizer.encode_trg([trg[i] for i in chosen]))
+            progress.update(len(chosen))
+        log.info("encoded %d training pairs in %.1f s", writer.pairs, progress.close())
 
 
 def _versions() -> dict[str, Optional[str]]:

@@ -14,16 +14,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from mt import distributed, rundir
 from mt.batching import BatchStream, Position, make_batches
 from mt.checkpoint import build_model, load_checkpoint, restore
 from mt.config import Config, to_dict
-from mt.data import EncodedSplit, load_ids
 from mt.device import autocast, autocast_dtype
 from mt.errors import MtError
 from mt.files import read_lines
+from mt.idcache import EncodedSplit, load_ids
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
@@ -95,8 +96,9 @@ class Run:
         """Read at the first validation, then kept."""
         files = rundir.recorded_files(self.run_dir).dev
         ids = load_ids(rundir.ids_file(self.run_dir, "dev"))
-        lengths = lambda side: [min(len(x), self.cfg.model.max_len - 1) for x in side]  # noqa: E731
-        batches = make_batches(lengths(ids.src), lengths(ids.trg), self.cfg.training.batch_tokens)
+        limit = self.cfg.model.max_len - 1  # collate cuts longer sentences to this
+        batches = make_batches(np.minimum(ids.src_lengths, limit), np.minimum(ids.trg_lengths, limit),
+                               self.cfg.training.batch_tokens)
         return Dev(ids, batches, read_lines(files.src), read_lines(files.trg))
 
     def autocast(self):

@@ -4,8 +4,9 @@
       config.yaml         the resolved config                             (prepare)
       manifest.json       what was made from what; its absence = unprepared (prepare)
       tokenizer/          joint.model, or src.model and trg.model        (prepare)
-      cache/train.npz     ids of the filtered training pairs             (prepare)
-      cache/dev.npz       ids of every dev pair                          (prepare)
+      cache/train/        ids of the filtered training pairs, mapped arrays (prepare; idcache.py)
+      cache/dev/          ids of every dev pair, the same format         (prepare)
+                          (runs prepared before: cache/train.npz, cache/dev.npz; still read)
       checkpoints/        step_<N>.pt, best.pt, averaged.pt              (train, average)
       metrics.jsonl       one JSON object per log line or validation     (train; read by plot)
       train.log           the training log                               (the CLI, for train)
@@ -31,6 +32,7 @@ from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
 from mt.files import read_lines, same_file, write_text
+from mt.idcache import cache_exists
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,9 @@ def tokenizer_dir(run_dir: str | Path) -> Path:
 
 
 def ids_file(run_dir: str | Path, split: str) -> Path:
-    """The id cache of `split` (train or dev)."""
-    return Path(run_dir) / CACHE / f"{split}.npz"
+    """The id cache folder of `split` (train or dev); `idcache.load_ids` reads the legacy
+    `<split>.npz` beside it when the folder is not there."""
+    return Path(run_dir) / CACHE / split
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -224,8 +227,8 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
 def outputs_exist(run_dir: str | Path, manifest: dict) -> bool:
     """Whether every file prepare makes is there: config, id caches, tokenizer models."""
     models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
-    made = [config_file(run_dir), ids_file(run_dir, "train"), ids_file(run_dir, "dev"), *models]
-    return bool(models) and all(path.is_file() for path in made)
+    return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
+            and all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev")))
 
 
 def recorded_files(run_dir: str | Path) -> ResolvedData:

@@ -54,7 +54,9 @@ def _verbose() -> bool:
 
 
 def train_models(cfg: TokenizerConfig, src_lines: Sequence[str], trg_lines: Sequence[str]) -> dict[str, bytes]:
-    """Train SentencePiece in memory; return model file name -> model bytes. Writes nothing.
+    """Train SentencePiece in memory on all of these sentences; return model file name -> model
+    bytes. Writes nothing. A large corpus is sampled first (`mt prepare` draws at most
+    `tokenizer.max_sentences`), so SentencePiece never holds more than the sample.
 
     Kept apart from saving so that `mt prepare` can check the data is trainable before it
     touches the run directory.
@@ -94,8 +96,6 @@ def _train_one(cfg: TokenizerConfig, sentences: Iterable[str], what: str) -> byt
             model_type=cfg.type,
             vocab_size=cfg.vocab_size,
             character_coverage=cfg.character_coverage,
-            input_sentence_size=cfg.max_sentences,
-            shuffle_input_sentence=True,  # a sample drawn from the whole corpus, not its head
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             num_threads=_threads(),
             minloglevel=0 if _verbose() else 2,  # its training log is hundreds of lines

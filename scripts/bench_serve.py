@@ -8,7 +8,10 @@ Starts `mt serve` on a free port of 127.0.0.1 (a subprocess, as a user starts it
      which is what `mt translate` runs on it), timed once after a warm-up: sentences/s;
   2. the server with 1, 8 and 32 clients, each sending one sentence per request over a
      keep-alive connection until the file is done: sentences/s and the ratio to (1);
-  3. one short sentence, sent alone --repeats times: p50/p95 latency, against the bare search
+  3. the ceiling for the largest client count N: the same search functions here, on the file
+     in batches of N sentences in file order (what N clients of one sentence each can give a
+     server at most), sentences/s and the ratio to (1);
+  4. one short sentence, sent alone --repeats times: p50/p95 latency, against the bare search
      of that sentence here (`fit_source` + `translate_ids`), and the difference.
 
 The two processes take turns (nothing is timed while the other one works), so on a shared
@@ -94,6 +97,14 @@ def served_throughput(host: str, port: int, lines: list[str], clients: int) -> t
     return len(lines) / (time.perf_counter() - start), out
 
 
+def chunked_rate(loaded, lines: list[str], size: int, beam: int) -> float:
+    """Sentences/s of the bare search over `lines` in batches of `size`, in file order."""
+    start = time.perf_counter()
+    for k in range(0, len(lines), size):
+        translate_ids(loaded, fit_source(loaded, lines[k : k + size]), beam)
+    return len(lines) / (time.perf_counter() - start)
+
+
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1000 for s in seconds)
     return statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
@@ -149,6 +160,10 @@ def main() -> None:
             same = sum(a == b for a, b in zip(out, reference))
             print(f"mt serve, {clients:2d} clients: {rate:.1f} sentences/s, {rate / cli_rate:.2f}x mt translate "
                   f"({same}/{len(lines)} translations identical)")
+        most = max(args.clients)
+        ceiling = chunked_rate(loaded, lines, most, args.beam)
+        print(f"bare search in batches of {most} in file order: {ceiling:.1f} sentences/s, "
+              f"{ceiling / cli_rate:.2f}x mt translate (the most {most} one-sentence clients can get)")
         figures = latency(host, port, loaded, args.short, args.beam, args.repeats)
         print(f"one short sentence ({args.short!r}), {args.repeats} requests: served p50 {figures['served_p50_ms']:.1f} ms, "
               f"p95 {figures['served_p95_ms']:.1f} ms; bare search p50 {figures['search_p50_ms']:.1f} ms, "

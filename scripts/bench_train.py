@@ -27,7 +27,7 @@ from torch import nn
 from mt.batching import BatchStream, Position
 from mt.checkpoint import build_model
 from mt.config import load_config
-from mt.data import load_ids
+from mt.idcache import load_ids
 from mt.model import attention_backends, sinusoidal_positions
 from mt.prepare import prepare
 from mt.rundir import tokenizer_dir

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from mt.config import DataConfig, FilterConfig
-from mt.data import (MULTI30K_SHA256, filter_pairs, input_sums, load_ids, read_parallel,
-                     resolve_files, save_ids)
+from mt.data import (MULTI30K_SHA256, PairFilter, corpus_tests, count_lines, filter_pairs, input_sums, load_ids,
+                     read_parallel, read_parallel_chunks, resolve_files, save_ids)
 from mt.errors import MtError
 from mt.files import sha256_file
+from mt.idcache import IdCacheWriter
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -92,6 +93,29 @@ def test_windows_line_endings_are_not_part_of_the_text(tmp_path):
     assert read_parallel(src, trg) == [("Ein Hund.", "A dog."), ("Eine Katze.", "A cat.")]
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 10, 1000])
+def test_chunked_reading_gives_the_same_pairs_and_the_same_errors(tmp_path, toy_pairs, chunk):
+    src, trg = write_pairs(tmp_path, "train", toy_pairs[:10])
+    chunks = list(read_parallel_chunks(src, trg, chunk))
+    assert all(len(s) == len(t) <= chunk for s, t in chunks)
+    assert [pair for s, t in chunks for pair in zip(s, t)] == read_parallel(src, trg)
+    for src_count, trg_count in ((10, 9), (9, 10), (0, 3), (3, 0)):
+        short_src = write_lines(tmp_path / "a.de", [s for s, _ in toy_pairs[:src_count]])
+        short_trg = write_lines(tmp_path / "a.en", [t for _, t in toy_pairs[:trg_count]])
+        with pytest.raises(MtError, match=rf"^{short_src} has {src_count} lines but {short_trg} has {trg_count};"):
+            list(read_parallel_chunks(short_src, short_trg, chunk))
+    empty = write_lines(tmp_path / "empty.de", [])
+    with pytest.raises(MtError, match="empty corpus"):
+        list(read_parallel_chunks(empty, write_lines(tmp_path / "empty.en", []), chunk))
+
+
+def test_count_lines_counts_a_last_line_without_newline(tmp_path):
+    (tmp_path / "a").write_bytes(b"one\ntwo\nthree")
+    (tmp_path / "b.gz").write_bytes(gzip.compress(b"one\n\nthree\n"))
+    (tmp_path / "c").write_bytes(b"")
+    assert [count_lines(tmp_path / name) for name in ("a", "b.gz", "c")] == [3, 3, 0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Filters
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +149,15 @@ def test_a_pair_at_the_limits_is_kept():
     assert kept == at_limits
 
 
+def test_duplicates_are_found_across_chunks_and_within_one():
+    pair_filter = PairFilter(FilterConfig())
+    first = pair_filter.keep(["a b", "c d", "a b"], ["x", "y", "x"])
+    second = pair_filter.keep(["c d", "e f", "c d", "a b"], ["y", "z", "other", "x"])
+    assert first.tolist() == [True, True, False]
+    assert second.tolist() == [False, True, True, False]  # same source, another target: kept
+    assert pair_filter.dropped["drop_duplicates"] == 3 and pair_filter.seen_pairs == 7
+
+
 def test_filters_dropping_every_pair_is_a_clear_error():
     expected = r"dropped all 3 training pairs \(drop_empty 2, max_ratio 1\); loosen data.filter"
     with pytest.raises(MtError, match=expected):
@@ -136,32 +169,71 @@ def test_filters_dropping_every_pair_is_a_clear_error():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_id_cache_round_trips_ids(tmp_path):
+def test_id_cache_round_trips_ids_written_in_chunks(tmp_path):
     src_ids = [[5, 6, 7], [8], [], [9, 10]]
     trg_ids = [[11], [], [12, 13, 14, 15], [16]]
-    save_ids(tmp_path / "train.npz", src_ids, trg_ids)
-    split = load_ids(tmp_path / "train.npz")
+    with IdCacheWriter(tmp_path / "train") as writer:
+        writer.add(src_ids[:3], trg_ids[:3])
+        writer.add([], [])
+        writer.add(src_ids[3:], trg_ids[3:])
+    split = load_ids(tmp_path / "train")
     assert len(split) == 4
     assert [ids.tolist() for ids in split.src] == src_ids
     assert [ids.tolist() for ids in split.trg] == trg_ids
     assert split.src_lengths.tolist() == [3, 1, 0, 2]
     assert split.trg_lengths.tolist() == [1, 0, 4, 1]
+    assert isinstance(split.src.tokens, np.memmap), "the cache is mapped, not read"
+
+
+def test_a_failed_write_leaves_the_old_cache_and_no_temporary_folder(tmp_path):
+    save_ids(tmp_path / "train", [[5]], [[6]])
+    with pytest.raises(RuntimeError):
+        with IdCacheWriter(tmp_path / "train") as writer:
+            writer.add([[7, 8]], [[9]])
+            raise RuntimeError("killed half way")
+    assert [ids.tolist() for ids in load_ids(tmp_path / "train").src] == [[5]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
+
+
+def test_a_cache_of_the_earlier_npz_format_is_still_read(tmp_path):
+    """Run directories prepared before the mapped format hold cache/train.npz."""
+    src_ids, trg_ids = [[5, 6, 7], [8]], [[11], [12, 13]]
+    np.savez(tmp_path / "train.npz", src_tokens=np.array([5, 6, 7, 8], dtype=np.int32),
+             src_offsets=np.array([0, 3, 4]), trg_tokens=np.array([11, 12, 13], dtype=np.int32),
+             trg_offsets=np.array([0, 1, 3]))
+    for path in (tmp_path / "train", tmp_path / "train.npz"):
+        split = load_ids(path)
+        assert [ids.tolist() for ids in split.src] == src_ids and [ids.tolist() for ids in split.trg] == trg_ids
+    save_ids(tmp_path / "train", [[1]], [[2]])  # prepared again: the new format replaces the old
+    assert not (tmp_path / "train.npz").exists()
+    assert load_ids(tmp_path / "train").src_lengths.tolist() == [1]
+
+
+@pytest.mark.parametrize("damage", ["no index", "garbage index", "cut tokens", "bad offsets", "missing"])
+def test_unreadable_id_cache_says_to_prepare_again(tmp_path, damage):
+    path = tmp_path / "train"
+    save_ids(path, [[5, 6, 7], [8]], [[9], [10, 11]])
+    if damage == "no index":
+        (path / "index.json").unlink()
+    elif damage == "garbage index":
+        (path / "index.json").write_text("not json")
+    elif damage == "cut tokens":
+        (path / "trg.tokens").write_bytes((path / "trg.tokens").read_bytes()[:-4])
+    elif damage == "bad offsets":
+        (path / "src.offsets").write_bytes(np.array([0, 3, 9], dtype="<i8").tobytes())
+    else:
+        path = tmp_path / "dev"
+    with pytest.raises(MtError, match=rf"^{path}: unreadable id cache \(.+\); run mt prepare --force$"):
+        load_ids(path)
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", b"not an id cache"],
                          ids=["empty", "truncated", "garbage"])
-def test_unreadable_id_cache_says_to_prepare_again(tmp_path, content):
+def test_unreadable_legacy_id_cache_says_to_prepare_again(tmp_path, content):
     path = tmp_path / "train.npz"
     path.write_bytes(content)
     with pytest.raises(MtError, match=rf"^{path}: unreadable id cache .*run mt prepare --force$"):
-        load_ids(path)
-
-
-def test_id_cache_without_our_arrays_says_to_prepare_again(tmp_path):
-    path = tmp_path / "train.npz"
-    np.savez(path, something_else=np.arange(3))
-    with pytest.raises(MtError, match="unreadable id cache"):
-        load_ids(path)
+        load_ids(tmp_path / "train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +310,14 @@ def cached_names(cache: Path) -> list[str]:
 
 
 MULTI30K = DataConfig(corpus="multi30k")
+DE_EN_FILES = sorted(name for name in MULTI30K_SHA256 if name.endswith((".de.gz", ".en.gz")))
 
 
 def test_download_is_verified_cached_and_reused_without_the_server(server, multi30k_dir, monkeypatch, offline):
     serve_corpus(server, multi30k_dir, monkeypatch)
     first = resolve_files(MULTI30K)
-    assert sorted(server.requests) == sorted(MULTI30K_SHA256)
-    assert cached_names(offline) == sorted(MULTI30K_SHA256)
+    assert sorted(server.requests) == DE_EN_FILES
+    assert cached_names(offline) == DE_EN_FILES
     assert sha256_file(first.dev.src) == MULTI30K_SHA256["val.de.gz"]
     assert set(first.tests) == {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
     assert len(read_parallel(first.dev.src, first.dev.trg)) == 1014
@@ -266,7 +339,7 @@ def test_checksum_mismatch_keeps_nothing_and_a_retry_works(server, multi30k_dir,
     files = resolve_files(MULTI30K)
     assert sha256_file(files.dev.trg) == MULTI30K_SHA256["val.en.gz"]
     assert "train.de.gz" not in server.requests, "files already verified were fetched again"
-    assert cached_names(offline) == sorted(MULTI30K_SHA256)
+    assert cached_names(offline) == DE_EN_FILES
 
 
 def test_a_corrupted_cached_file_is_downloaded_again(server, multi30k_dir, monkeypatch, offline):
@@ -314,5 +387,30 @@ def test_wrong_file_in_data_dir_is_a_checksum_error(tmp_path, multi30k_dir):
 
 
 def test_corpus_with_an_unsupported_language_is_a_config_error():
-    with pytest.raises(MtError, match="data.trg_lang: 'fr' is not a language of corpus multi30k"):
-        resolve_files(DataConfig(corpus="multi30k", src_lang="de", trg_lang="fr"))
+    with pytest.raises(MtError, match=r"^data.trg_lang: 'ja' is not a language of corpus multi30k here; "
+                                      r"supported: cs, de, en, fr$"):
+        resolve_files(DataConfig(corpus="multi30k", src_lang="de", trg_lang="ja"))
+    with pytest.raises(MtError, match=r"^data.src_lang: 'ja' is not"):
+        input_sums(DataConfig(corpus="multi30k", src_lang="ja", trg_lang="en"))
+
+
+def test_every_multi30k_file_of_every_language_is_pinned():
+    for lang, tests in {"cs": 1, "de": 3, "en": 3, "fr": 3}.items():
+        assert sum(name.endswith(f".{lang}.gz") for name in MULTI30K_SHA256) == 2 + tests
+
+
+@pytest.mark.parametrize("src, trg, tests", [
+    ("fr", "cs", {"test_2016_flickr"}),
+    ("cs", "en", {"test_2016_flickr"}),
+    ("en", "fr", {"test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}),
+])
+def test_a_direction_gets_the_test_sets_both_languages_have(multi30k_dir, monkeypatch, src, trg, tests):
+    monkeypatch.setenv("MT_DATA", str(multi30k_dir))  # the refused MT_CORPUS_URL: nothing may be fetched
+    cfg = DataConfig(corpus="multi30k", src_lang=src, trg_lang=trg)
+    files = resolve_files(cfg)
+    assert set(files.tests) == set(corpus_tests(src, trg)) == tests
+    assert Path(files.train.src).name == f"train.{src}.gz" and Path(files.dev.trg).name == f"val.{trg}.gz"
+    for name, pair in files.tests.items():
+        assert sha256_file(pair.trg) == MULTI30K_SHA256[f"{name}.{trg}.gz"]
+    assert len(read_parallel(files.train.src, files.train.trg)) == 29000
+    assert len(read_parallel(files.dev.src, files.dev.trg)) == 1014

@@ -9,12 +9,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mt.config import load_config
@@ -87,8 +89,9 @@ def test_vocab_size_too_large_says_to_lower_it(toy):
 
 def test_prepare_writes_the_run_directory(toy):
     toy.prepare()
-    assert sorted(snapshot(toy.run_dir)) == ["cache/dev.npz", "cache/train.npz", "config.yaml",
-                                            "manifest.json", f"tokenizer/{JOINT_MODEL}"]
+    cache = [f"cache/{split}/{name}" for split in ("dev", "train")
+             for name in ("index.json", "src.offsets", "src.tokens", "trg.offsets", "trg.tokens")]
+    assert sorted(snapshot(toy.run_dir)) == [*cache, "config.yaml", "manifest.json", f"tokenizer/{JOINT_MODEL}"]
     manifest = json.loads((toy.run_dir / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 500, "train_kept": 500, "dev": 100, "test": {}}
     assert manifest["files"]["train"]["src"] == {"path": str(toy.train_src),
@@ -100,10 +103,10 @@ def test_prepare_writes_the_run_directory(toy):
 def test_cached_ids_are_the_tokenized_text(toy, toy_pairs):
     toy.prepare()
     tokenizer = Tokenizer.load(toy.run_dir / "tokenizer")
-    train = load_ids(toy.run_dir / "cache/train.npz")
+    train = load_ids(toy.run_dir / "cache/train")
     assert [ids.tolist() for ids in train.src] == tokenizer.encode_src([src for src, _ in toy_pairs[:500]])
     assert [ids.tolist() for ids in train.trg] == tokenizer.encode_trg([trg for _, trg in toy_pairs[:500]])
-    dev = load_ids(toy.run_dir / "cache/dev.npz")
+    dev = load_ids(toy.run_dir / "cache/dev")
     assert tokenizer.decode_trg(dev.trg) == [trg for _, trg in toy_pairs[500:]]
 
 
@@ -121,18 +124,31 @@ def test_prepare_drops_filtered_pairs_and_reports_the_counts(toy, toy_pairs):
     assert "dev: 101 pairs (all kept)" in result.stderr
     manifest = json.loads((toy.run_dir / "manifest.json").read_text())
     assert manifest["filter_dropped"] == {"drop_empty": 1, "max_words": 1, "max_ratio": 1, "drop_duplicates": 2}
-    assert len(load_ids(toy.run_dir / "cache/train.npz")) == 500
-    assert len(load_ids(toy.run_dir / "cache/dev.npz")) == 101
+    assert len(load_ids(toy.run_dir / "cache/train")) == 500
+    assert len(load_ids(toy.run_dir / "cache/dev")) == 101
+
+
+def test_a_corpus_over_tokenizer_max_sentences_trains_on_a_sample_and_encodes_every_pair(toy):
+    result = toy.mt("prepare", "--set", "tokenizer.max_sentences=100")
+    assert result.returncode == 0, result.stderr
+    # a joint model takes both sides of each sampled pair: 50 pairs, 100 sentences
+    assert "training SentencePiece (unigram, vocab 60, joint) on a sample of 50 kept pairs" in result.stderr
+    assert "encoded 500 training pairs" in result.stderr
+    assert "\r" not in result.stderr, "progress bars in a log that is not a terminal"
+    assert len(load_ids(toy.run_dir / "cache/train")) == 500
+    sample = Tokenizer.load(toy.run_dir / "tokenizer")
+    toy.prepare("tokenizer.max_sentences=100", force=True)  # the same sample again: the same model
+    assert Tokenizer.load(toy.run_dir / "tokenizer").identity() == sample.identity()
 
 
 def test_gz_inputs_prepare_the_same_as_plain(toy):
     toy.prepare()
-    plain = load_ids(toy.run_dir / "cache/train.npz")
+    plain = load_ids(toy.run_dir / "cache/train")
     for path in (toy.train_src, toy.train_trg):
         Path(f"{path}.gz").write_bytes(gzip.compress(path.read_bytes()))
     toy.prepare(f"data.train.src={toy.train_src}.gz", f"data.train.trg={toy.train_trg}.gz",
                 f"run_dir={toy.folder / 'run_gz'}")
-    packed = load_ids(toy.folder / "run_gz/cache/train.npz")
+    packed = load_ids(toy.folder / "run_gz/cache/train")
     assert [a.tolist() for a in packed.src] == [a.tolist() for a in plain.src]
     assert [a.tolist() for a in packed.trg] == [a.tolist() for a in plain.trg]
 
@@ -146,12 +162,28 @@ def test_second_prepare_with_the_same_inputs_does_nothing(toy, caplog):
     assert "already prepared (nothing changed)" in caplog.text
 
 
+def test_a_run_dir_with_the_earlier_npz_cache_is_still_prepared_and_force_renews_it(toy, caplog):
+    toy.prepare()
+    ids = {split: load_ids(toy.run_dir / "cache" / split) for split in ("train", "dev")}
+    for split, encoded in ids.items():  # as mt wrote run directories before the mapped format
+        np.savez(toy.run_dir / "cache" / f"{split}.npz", src_tokens=encoded.src.tokens, src_offsets=encoded.src.offsets,
+                 trg_tokens=encoded.trg.tokens, trg_offsets=encoded.trg.offsets)
+        shutil.rmtree(toy.run_dir / "cache" / split)
+    with caplog.at_level(logging.INFO, logger="mt.prepare"):
+        toy.prepare()
+    assert "already prepared (nothing changed)" in caplog.text
+    assert [a.tolist() for a in load_ids(toy.run_dir / "cache/train").trg] == [a.tolist() for a in ids["train"].trg]
+    toy.prepare(force=True)
+    assert sorted(p.name for p in (toy.run_dir / "cache").iterdir()) == ["dev", "train"]
+    assert [a.tolist() for a in load_ids(toy.run_dir / "cache/train").trg] == [a.tolist() for a in ids["train"].trg]
+
+
 def test_a_new_tokenizer_vocab_size_redoes_everything(toy):
     toy.prepare()
     before = snapshot(toy.run_dir)
     toy.prepare("tokenizer.vocab_size=50")
     after = snapshot(toy.run_dir)
-    for name in ("cache/train.npz", "cache/dev.npz", f"tokenizer/{JOINT_MODEL}", "manifest.json"):
+    for name in ("cache/train/src.tokens", "cache/dev/trg.tokens", f"tokenizer/{JOINT_MODEL}", "manifest.json"):
         assert after[name][2] != before[name][2], f"{name} was not redone"
     assert Tokenizer.load(toy.run_dir / "tokenizer").src_vocab_size == 50
     assert json.loads((toy.run_dir / "manifest.json").read_text())["tokenizer"]["src_vocab_size"] == 50
@@ -162,7 +194,7 @@ def test_changed_data_redoes_it(toy, toy_pairs):
     write_lines(toy.train_src, [src for src, _ in toy_pairs[:400]])
     write_lines(toy.train_trg, [trg for _, trg in toy_pairs[:400]])
     toy.prepare()
-    assert len(load_ids(toy.run_dir / "cache/train.npz")) == 400
+    assert len(load_ids(toy.run_dir / "cache/train")) == 400
 
 
 def test_a_model_setting_change_keeps_the_data_and_updates_the_config(toy):
@@ -170,7 +202,7 @@ def test_a_model_setting_change_keeps_the_data_and_updates_the_config(toy):
     before = snapshot(toy.run_dir)
     toy.prepare("model.d_model=32")
     after = snapshot(toy.run_dir)
-    for name in ("cache/train.npz", "cache/dev.npz", f"tokenizer/{JOINT_MODEL}"):
+    for name in ("cache/train/src.tokens", "cache/dev/trg.tokens", f"tokenizer/{JOINT_MODEL}"):
         assert after[name] == before[name], f"{name} was redone for a model setting"
     assert load_config(toy.run_dir / "config.yaml").model.d_model == 32
 

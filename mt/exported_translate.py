@@ -1,0 +1,110 @@
+"""Translate with a model folder made by `mt export`, giving `mt translate`'s output.
+
+`mt export` copies this file into the folder as translate.py: it imports only ctranslate2 and
+sentencepiece (never mt), so the folder works wherever CTranslate2 does.
+
+    python translate.py [--beam N] [--device cpu|cuda] [--compute-type default|int8] < input > output
+
+What it does to match mt (mt.translate and mt.search):
+  - a line is cleaned as mt does (NUL read as a space, stripped), cut to max_len - 1 pieces; an
+    empty line gives an empty line and score 0 without searching;
+  - each sentence may produce at most floor(max_len_a * pieces + max_len_b) tokens (at least 1,
+    at most max_len - 1): CTranslate2 takes one limit per call, so sentences with equal limits
+    are translated together;
+  - greedy search (beam 1) with no length normalisation: the score is the sum of token
+    log-probabilities, </s> included;
+  - beam search keeps searching until `beam` hypotheses have finished (a non-zero length
+    penalty turns off CTranslate2's early exit), returns them all with </s>, and the best is
+    chosen by mt's GNMT normalisation: score / ((5 + n) / 6) ** alpha, n counting </s>.
+Left different: on a sentence whose search reaches its length limit, mt forces </s> and adds its
+log-probability; CTranslate2 stops the hypothesis without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import ctranslate2
+import sentencepiece as spm
+
+CT2_LENGTH_PENALTY = 1.0  # any non-zero value: CTranslate2's scores are then score / n, undone below
+
+
+@dataclass
+class Result:
+    text: str
+    score: float  # sum of log-probabilities, </s> included (mt's Hypothesis.score)
+    normalized: float  # what mt ranks by: score / ((5 + n) / 6) ** alpha for beam search, score for greedy
+    ended: bool  # False when the length limit stopped it (where mt would have forced </s>)
+
+
+class ExportedModel:
+    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+        folder = Path(folder)
+        self.settings = json.loads((folder / "mt_export.json").read_text())
+        self.src = spm.SentencePieceProcessor(model_file=str(folder / self.settings["source_spm"]))
+        self.trg = spm.SentencePieceProcessor(model_file=str(folder / self.settings["target_spm"]))
+        self.translator = ctranslate2.Translator(str(folder), device=device, compute_type=compute_type,
+                                                 intra_threads=threads)
+
+    def pieces(self, line: str) -> list[str]:
+        ids = self.src.encode(line.replace("\0", " ").strip(), out_type=int)[: self.settings["max_len"] - 1]
+        return [self.src.id_to_piece(i) for i in ids]
+
+    def limit(self, length: int) -> int:
+        d, most = self.settings["decoding"], self.settings["max_len"] - 1
+        return min(max(math.floor(d["max_len_a"] * length + d["max_len_b"]), 1), most)
+
+    def translate(self, lines: Sequence[str], beam: Optional[int] = None) -> list[Result]:
+        beam = beam or self.settings["decoding"]["beam"]
+        sources = [self.pieces(line) for line in lines]
+        results = [Result("", 0.0, 0.0, True)] * len(lines)
+        groups: dict[int, list[int]] = {}
+        for i, pieces in enumerate(sources):
+            if pieces:
+                groups.setdefault(self.limit(len(pieces)), []).append(i)
+        for limit, indices in sorted(groups.items()):
+            found = self.translator.translate_batch(
+                [sources[i] for i in indices], beam_size=beam, num_hypotheses=beam,
+                length_penalty=CT2_LENGTH_PENALTY if beam > 1 else 0.0, return_end_token=True,
+                return_scores=True, max_decoding_length=limit, min_decoding_length=0,  # mt may end at once
+                max_batch_size=max(self.settings["decoding"]["batch_tokens"] // beam, 1), batch_type="tokens")
+            for i, found_one in zip(indices, found):
+                results[i] = self.best(found_one, beam)
+        return results
+
+    def best(self, found, beam: int) -> Result:
+        alpha = self.settings["decoding"]["length_penalty"]
+        candidates = []
+        for tokens, score in zip(found.hypotheses, found.scores):
+            n = len(tokens)  # </s> included when it ended
+            raw = score * n ** CT2_LENGTH_PENALTY if beam > 1 else score
+            normalized = raw / ((5 + n) / 6) ** alpha if beam > 1 else raw
+            candidates.append((normalized, raw, tokens))
+        normalized, raw, tokens = max(candidates, key=lambda c: c[0])
+        ended = bool(tokens) and tokens[-1] == self.trg.id_to_piece(self.trg.eos_id())
+        ids = [self.trg.piece_to_id(p) for p in tokens]
+        ids = [i for i in ids if i not in (self.trg.pad_id(), self.trg.bos_id(), self.trg.eos_id())]
+        return Result(self.trg.decode(ids), raw, normalized, ended)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Translate stdin to stdout with this exported mt model.")
+    parser.add_argument("--beam", type=int, default=None, help="default: the run's decoding.beam")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compute-type", default="default", help="default (as exported), int8, float16, ...")
+    args = parser.parse_args()
+    model = ExportedModel(Path(__file__).resolve().parent, args.device, args.compute_type)
+    lines = sys.stdin.read().splitlines()
+    for result in model.translate(lines, args.beam):
+        print(result.text)
+
+
+if __name__ == "__main__":
+    main()
