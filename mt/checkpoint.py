@@ -180,12 +180,22 @@ def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: st
     return Loaded(model, cfg, tokenizer, path, torch_device, dtype)
 
 
+def _check_same_tokenizer(run_dir: str | Path, paths: list[Path], states: list[dict]) -> None:
+    """Parameters trained on other vocabularies mean nothing averaged: every one must fit the run's."""
+    identity = Tokenizer.load(rundir.tokenizer_dir(run_dir)).identity()
+    others = [path.name for path, state in zip(paths, states) if state.get("tokenizer") != identity]
+    if others:
+        raise MtError(f"{rundir.checkpoint_dir(run_dir)}: {', '.join(others)} were trained with another "
+                      "tokenizer/vocabulary than this run dir's; average only checkpoints of this run (nothing written)")
+
+
 def average_checkpoints(run_dir: str | Path, last: int = 5, output: Optional[Path] = None) -> Path:
     """Mean of the parameters of the newest `last` step checkpoints, saved as a checkpoint."""
     paths = rundir.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise MtError(f"{run_dir}: no step checkpoints to average")
     states = [load_checkpoint(p) for p in paths]
+    _check_same_tokenizer(run_dir, paths, states)
     average = {}
     for key, tensor in states[0]["model"].items():
         if tensor.is_floating_point():

@@ -92,6 +92,22 @@ def _log_file(path: Path, enabled: bool = True) -> Iterator[None]:
         handler.close()
 
 
+@contextlib.contextmanager
+def _writing(run_dir: Path) -> Iterator[None]:
+    """The body of a command that writes into `run_dir`: refused if mt did not make the folder,
+    run holding its lock (rank 0 only under torchrun; the others write nothing), after the marker
+    is written and a killed command's temporary files are removed."""
+    from mt import lock, rundir
+
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    rundir.check_ours(run_dir)
+    with lock.hold(rundir.lock_file(run_dir), lock.command_line()):
+        rundir.claim(run_dir)
+        yield
+
+
 def _load(config: Path, overrides: Optional[list[str]]):
     from mt.config import load_config
 
@@ -117,8 +133,9 @@ def prepare(
     from mt.run import check_run_dir
 
     cfg = _load(config, set_)
-    check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
-    run_prepare(cfg, force=force)
+    with _writing(Path(cfg.run_dir)):
+        check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
+        run_prepare(cfg, force=force)
 
 
 @app.command()
@@ -134,9 +151,10 @@ def train(
     from mt.train import run_training, start
 
     cfg = _load(config, set_)
-    run, state = start(cfg, device=device, restart=restart)
-    with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
-        scores = run_training(run, state)
+    with _writing(Path(cfg.run_dir)):
+        run, state = start(cfg, device=device, restart=restart)
+        with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
+            scores = run_training(run, state)
     for result in scores:
         typer.echo(format_row(result))
 
@@ -200,7 +218,8 @@ def eval_cmd(
     if src is not None:
         results = [evaluate.score_file(loaded, run_dir, src, ref, output, beam, batch_tokens)]
     else:
-        results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
+        with _writing(run_dir):  # the hypotheses go into the run dir
+            results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
     for result in results:
         typer.echo(show(result))
 
@@ -221,10 +240,11 @@ def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: O
                       "alone for the config's test sets)")
     if (src is None) != (ref is None):
         raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
-    if output is not None and src is None:
-        from mt import rundir
+    from mt import rundir
 
+    if output is not None and src is None:
         raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
+    rundir.check_output("--output", output, [src, ref, *rundir.records(run_dir)])
 
 
 @app.command()
@@ -236,7 +256,11 @@ def average(
     """Average the parameters of the last M checkpoints into one that translate and eval accept."""
     from mt.checkpoint import average_checkpoints
 
-    path = average_checkpoints(run_dir, last=last, output=output)
+    from mt import rundir
+
+    rundir.check_output("--output", output, rundir.records(run_dir))  # averaged.pt may be redone
+    with _writing(run_dir):
+        path = average_checkpoints(run_dir, last=last, output=output)
     typer.echo(str(path))
 
 
@@ -271,8 +295,10 @@ def plot(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
 ) -> None:
     """Draw training loss, validation loss and validation BLEU against steps."""
+    from mt import rundir
     from mt.plot import plot_curves
 
+    rundir.check_output("--output", output, rundir.records(run_dir))
     typer.echo(str(plot_curves(run_dir, output)))
 
 

@@ -176,7 +176,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 def resume(run: Run) -> State:
     """Continue from the newest step checkpoint, if there is one."""
     steps = rundir.step_checkpoints(run.run_dir)
-    metrics = rundir.read_metrics(run.run_dir) if run.is_main else []
+    metrics = rundir.read_metrics(run.run_dir, repair=True) if run.is_main else []
     if not steps:
         return State(metrics=metrics)
     ckpt = load_checkpoint(steps[-1], map_location=run.device)

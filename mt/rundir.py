@@ -12,6 +12,8 @@
       train.log           the training log                               (the CLI, for train)
       eval/               hypotheses `mt eval` scored: <set>.<checkpoint>.beam<k>.txt
       curves.png          `mt plot`'s default picture
+      .mt-run             the marker: mt made this folder, so mt may write and delete in it
+      .mt-lock            the lock a writing command holds (see lock.py)
 
 The manifest's `files` record names the text files the run came from; `recorded_files` reads
 it back, so scoring test sets needs no part of prepare.
@@ -20,15 +22,19 @@ it back, so scoring test sets needs no part of prepare.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
 from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
-from mt.files import read_lines, write_text
+from mt.files import read_lines, same_file, write_text
 from mt.idcache import cache_exists
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
@@ -39,7 +45,18 @@ METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 EVAL = "eval"
 CURVES = "curves.png"
+MARKER = ".mt-run"
+LOCK = ".mt-lock"
+TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+
+
+def lock_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LOCK
+
+
+def marker_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MARKER
 
 
 def config_file(run_dir: str | Path) -> Path:
@@ -89,7 +106,12 @@ def train_log(run_dir: str | Path) -> Path:
 
 
 def eval_output(run_dir: str | Path, test_set: str, checkpoint: Path, beam: int) -> Path:
-    return Path(run_dir) / EVAL / f"{test_set}.{checkpoint.stem}.beam{beam}.txt"
+    """Where `mt eval` writes a test set's hypotheses; a name that would lead out of eval/ is an error."""
+    path = eval_dir(run_dir) / f"{test_set}.{checkpoint.stem}.beam{beam}.txt"
+    if "/" in test_set or "\\" in test_set or path.resolve().parent != eval_dir(run_dir).resolve():
+        raise MtError(f"data.test: test set name {test_set!r} is not a plain name (it would write {path} "
+                      "outside the run's eval folder): rename it in the config")
+    return path
 
 
 def eval_dir(run_dir: str | Path) -> Path:
@@ -100,23 +122,56 @@ def curves_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CURVES
 
 
+def records(run_dir: str | Path) -> list[Path]:
+    """The files a run is made of, which no output option may overwrite (averaged.pt, eval/ and
+    curves.png are outputs themselves)."""
+    models = list(tokenizer_dir(run_dir).glob("*.model")) + list(tokenizer_dir(run_dir).glob("*.vocab"))
+    return [config_file(run_dir), manifest_file(run_dir), metrics_file(run_dir), train_log(run_dir),
+            marker_file(run_dir), lock_file(run_dir), ids_file(run_dir, "train"), ids_file(run_dir, "dev"),
+            *models, *step_checkpoints(run_dir), named_checkpoint(run_dir, "best")]
+
+
+def check_output(option: str, output: Optional[Path], keep: list[Path]) -> None:
+    """Refuse an output path that names one of the files in `keep` (an input, a run's record)."""
+    if output is None:
+        return
+    for path in keep:
+        if path is not None and same_file(output, path):
+            raise MtError(f"{option} {output}: that is {path}, which this command must not overwrite; "
+                          "choose another file")
+
+
 # ----------------------------------------------------------------------------- metrics.jsonl
 
 
-def read_metrics(run_dir: str | Path, missing_ok: bool = True) -> list[dict]:
-    """The rows of metrics.jsonl; a line that is not JSON is an error naming it."""
+def read_metrics(run_dir: str | Path, missing_ok: bool = True, repair: bool = False) -> list[dict]:
+    """The rows of metrics.jsonl. A last line cut short (no newline: a kill mid-write) is dropped
+    with a note, and with `repair` the file is rewritten without it; any other line that is not a
+    JSON object is an error naming file:line."""
     path = metrics_file(run_dir)
     if not path.is_file():
         if missing_ok:
             return []
         raise MtError(f"{path}: no such file (mt train writes it)")
+    text = path.read_text(encoding="utf-8", errors="replace")  # rows are ASCII; a cut one may not be
+    lines = text.splitlines()
     rows = []
-    for number, line in enumerate(read_lines(path), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not text.endswith("\n"):
+                log.info("note: %s:%d: dropped a last line cut short (an interrupted write)", path, number)
+                if repair:
+                    write_metrics(run_dir, rows)
+                break
+            raise MtError(f"{path}:{number}: not a JSON object: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise MtError(f"{path}:{number}: not a JSON object but {type(row).__name__}; "
+                          "metrics.jsonl holds only the rows mt train writes")
+        rows.append(row)
     return rows
 
 
@@ -126,13 +181,29 @@ def write_metrics(run_dir: str | Path, rows: list[dict]) -> None:
 
 
 def clear_training(run_dir: str | Path) -> None:
-    """Remove what training wrote (checkpoints, metrics.jsonl), for `mt train --restart`."""
-    for path in step_checkpoints(run_dir) + [named_checkpoint(run_dir, n) for n in ("best", "averaged")]:
-        path.unlink(missing_ok=True)
+    """Remove everything training wrote (checkpoints, metrics.jsonl, train.log, eval/, curves),
+    for `mt train --restart`. A symlinked checkpoints/ keeps its link and loses its contents.
+    Whatever cannot be removed stops the restart with an error naming it: never half a restart."""
     folder = checkpoint_dir(run_dir)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    metrics_file(run_dir).unlink(missing_ok=True)
+    try:
+        if folder.is_symlink():
+            for entry in folder.iterdir():
+                _remove(entry)
+        elif folder.exists():
+            _remove(folder)
+        for path in (metrics_file(run_dir), train_log(run_dir), eval_dir(run_dir), curves_file(run_dir)):
+            if path.exists() or path.is_symlink():
+                _remove(path)
+    except OSError as e:
+        raise MtError(f"--restart: cannot remove {e.filename or folder} ({e.strerror or e}); nothing was "
+                      "trained: fix it (or remove it yourself) and run again") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 # ----------------------------------------------------------------------------- manifest.json
@@ -172,3 +243,54 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
 
     return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
                         tests={name: pair(entry) for name, entry in record["test"].items()})
+
+
+# ----------------------------------------------------------------------------- ownership
+
+
+def check_ours(run_dir: str | Path) -> None:
+    """Refuse a run dir that mt did not make: a file, or a non-empty folder without the marker
+    that is not a run of an older mt either. Reads only, so it runs before the lock is taken."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MtError(f"run_dir: {run_dir} is a file, not a folder")
+    if marker_file(run_dir).is_file() or not run_dir.is_dir() or _made_by_older_mt(run_dir):
+        return
+    if any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        raise MtError(f"{run_dir} is a folder that mt did not make (no {MARKER} in it, and it is not empty): "
+                      "mt writes and deletes only in its own run dirs; set run_dir to a new or empty folder")
+
+
+def claim(run_dir: str | Path) -> None:
+    """Mark `run_dir` as mt's (a run of an older mt is adopted with a note) and remove the
+    temporary files a killed command left. Call holding the lock, after `check_ours`."""
+    run_dir = Path(run_dir)
+    marker = marker_file(run_dir)
+    if not marker.is_file():
+        if _made_by_older_mt(run_dir):
+            log.info("note: %s: a run dir of an older mt; marking it as mt's (%s)", run_dir, MARKER)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(marker, "This folder is a run directory made by mt; mt may write and delete in it.\n")
+    remove_temp_files(run_dir)
+
+
+def _made_by_older_mt(run_dir: Path) -> bool:
+    if step_checkpoints(run_dir):
+        return True
+    try:
+        return "prepare_key" in json.loads(manifest_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the `.NAME.XXXX.tmp` files that files.atomic_write leaves when a kill cuts a write
+    short; none of them is ever a finished file. Call holding the lock: no writer is running."""
+    removed = [path for path in Path(run_dir).rglob(".*.tmp")
+               if TEMP_FILE.match(path.name) and path.is_file() and not path.is_symlink()]
+    for path in removed:
+        path.unlink()
+    if removed:
+        log.info("note: %s: removed %d temporary file(s) left by an interrupted command",
+                 run_dir, len(removed))
+    return removed
