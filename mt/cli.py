@@ -25,13 +25,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="mt: train, run and inspect Transformer translation models. Each run is one YAML config.",
 )
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config file.")]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a config key, e.g. --set training.lr=5e-4 (repeatable)."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set training.lr=5e-4 (repeatable)."),
 ]
 RunDirOpt = Annotated[Path, typer.Option("--run-dir", "-r", help="A run directory made by `mt train`.")]
 CheckpointOpt = Annotated[
@@ -57,14 +58,31 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(
     help="Decoding precision on CUDA: auto, bf16, fp16 or fp32; default: what the run trained with (training.precision).")]
 
 
+def _examples(*lines: str) -> str:
+    """A command's --help epilog: the lines as given (click's \\b keeps them unwrapped)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _verbose() -> bool:
     """Whether --verbose (or MT_VERBOSE=1) was given: it sets the `mt` loggers to DEBUG."""
     return logging.getLogger("mt").isEnabledFor(logging.DEBUG)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mt {version('mt')}")
+        except PackageNotFoundError:  # run from a checkout that pip never installed
+            typer.echo("mt (not installed; no version)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks (or MT_VERBOSE=1).")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print mt's version and exit.")] = False,
 ) -> None:
     verbose = verbose or os.environ.get("MT_VERBOSE", "") not in ("", "0")
     logging.basicConfig(
@@ -98,7 +116,7 @@ def _load(config: Path, overrides: Optional[list[str]]):
     return load_config(config, overrides or [])
 
 
-@app.command("config")
+@app.command("config", epilog=_examples('mt config --config configs/toy.yaml', 'mt config -c configs/multi30k_de_en.yaml --set training.lr=5e-4'))
 def config_cmd(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the fully resolved configuration (every default filled in) as YAML."""
     from mt.config import to_yaml
@@ -106,7 +124,7 @@ def config_cmd(config: ConfigOpt, set_: SetOpt = None) -> None:
     typer.echo(to_yaml(_load(config, set_)), nl=False)
 
 
-@app.command()
+@app.command(epilog=_examples('mt prepare --config configs/multi30k_de_en.yaml'))
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
@@ -121,7 +139,7 @@ def prepare(
     run_prepare(cfg, force=force)
 
 
-@app.command()
+@app.command(epilog=_examples('mt train --config configs/multi30k_de_en_cpu.yaml', 'mt train -c configs/toy.yaml --set training.max_steps=200 --restart'))
 def train(
     config: ConfigOpt,
     set_: SetOpt = None,
@@ -141,7 +159,7 @@ def train(
         typer.echo(format_row(result))
 
 
-@app.command()
+@app.command(epilog=_examples('echo "Ein Hund rennt." | mt translate --run-dir runs/multi30k_de_en', 'mt translate -r runs/multi30k_de_en --beam 5 --nbest 3 < input.de'))
 def translate(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",
@@ -165,7 +183,7 @@ def translate(
         raise typer.Exit(0) from None
 
 
-@app.command("eval")
+@app.command("eval", epilog=_examples('mt eval --run-dir runs/multi30k_de_en', 'mt eval --hyp a.txt --hyp b.txt --ref ref.en'))
 def eval_cmd(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run dir to translate with.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", help="Source file to translate and score.")] = None,
@@ -227,7 +245,7 @@ def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: O
         raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
 
 
-@app.command()
+@app.command(epilog=_examples('mt average --run-dir runs/multi30k_de_en --last 5'))
 def average(
     run_dir: RunDirOpt,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest checkpoints to average.")] = 5,
@@ -240,7 +258,7 @@ def average(
     typer.echo(str(path))
 
 
-@app.command()
+@app.command(epilog=_examples('mt attention -r runs/multi30k_de_en -o attention/ --text "Ein Hund rennt."'))
 def attention(
     run_dir: RunDirOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG (and JSON) files.")],
@@ -265,7 +283,7 @@ def attention(
         typer.echo(str(path))
 
 
-@app.command()
+@app.command(epilog=_examples('mt plot --run-dir runs/multi30k_de_en'))
 def plot(
     run_dir: RunDirOpt,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
@@ -276,7 +294,7 @@ def plot(
     typer.echo(str(plot_curves(run_dir, output)))
 
 
-@app.command()
+@app.command(epilog=_examples('mt serve --run-dir runs/multi30k_de_en --port 8000'))
 def serve(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",

@@ -43,3 +43,14 @@ def test_verbose_adds_the_traceback_to_an_error(tmp_path):
     assert quiet.returncode == 1 and quiet.stderr.strip().splitlines() == [
         f"error: {tmp_path}: not an mt run directory (no tokenizer/ in it; run mt train first)"]
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "MtError" in loud.stderr
+
+
+def test_help_shows_flags_as_flags_a_version_and_examples():
+    top = run_mt("--help").stdout
+    assert "<bool>" not in top and "--verbose" in top
+    for command in ("config", "prepare", "train", "translate", "eval", "average", "attention", "plot", "serve"):
+        text = run_mt(command, "--help").stdout
+        assert "<bool>" not in text and "Examples:" in text, command
+    assert "mt train --config configs/multi30k_de_en_cpu.yaml" in run_mt("train", "--help").stdout
+    from importlib.metadata import version
+    assert run_mt("--version").stdout.strip() == f"mt {version('mt')}"
