@@ -92,6 +92,7 @@ def _setup(
         stream=sys.stderr,
     )
     logging.getLogger("mt").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("sacrebleu").setLevel(logging.DEBUG if verbose else logging.WARNING)  # its progress chatter
 
 
 @contextlib.contextmanager
@@ -131,11 +132,16 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Redo everything even if nothing changed.")] = False,
 ) -> None:
     """Fetch and check the corpus, train SentencePiece, encode train/dev into the run's cache."""
+    from mt import rundir
     from mt.prepare import prepare as run_prepare
     from mt.run import check_run_dir
 
     cfg = _load(config, set_)
-    check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
+    # never re-tokenize a trained run's data; `mt prepare` has no --restart to offer
+    check_run_dir(cfg, Path(cfg.run_dir), restart=False, way_out="")
+    if force and rundir.step_checkpoints(cfg.run_dir):
+        raise MtError(f"{cfg.run_dir} holds checkpoints: --force would re-tokenize the data they were trained "
+                      "on; set run_dir to a new folder to prepare afresh")
     run_prepare(cfg, force=force)
 
 
@@ -148,15 +154,15 @@ def train(
 ) -> None:
     """Train a Transformer (preparing data first when needed), then score the test sets."""
     from mt import rundir
-    from mt.evaluate import format_row
+    from mt.evaluate import format_table
     from mt.train import run_training, start
 
     cfg = _load(config, set_)
     run, state = start(cfg, device=device, restart=restart)
     with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
         scores = run_training(run, state)
-    for result in scores:
-        typer.echo(format_row(result))
+    if scores:
+        typer.echo(format_table(scores))
 
 
 @app.command(epilog=_examples('echo "Ein Hund rennt." | mt translate --run-dir runs/multi30k_de_en', 'mt translate -r runs/multi30k_de_en --beam 5 --nbest 3 < input.de'))
@@ -173,6 +179,7 @@ def translate(
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
 
+    _check_nbest(run_dir, nbest, beam)
     try:
         translate_stream(
             run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
@@ -181,6 +188,21 @@ def translate(
     except BrokenPipeError:  # `mt translate | head`: the reader left; exit quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
+
+
+def _check_nbest(run_dir: Path, nbest: int, beam: Optional[int]) -> None:
+    """--nbest N needs a beam of N or more: say so before the model loads."""
+    from mt import rundir
+    from mt.config import load_config
+
+    if nbest == 1:
+        return
+    if beam is None and rundir.config_file(run_dir).is_file():
+        beam = load_config(rundir.config_file(run_dir), []).decoding.beam
+        if nbest > beam:
+            raise MtError(f"--nbest {nbest}: the run decodes with beam {beam} (decoding.beam); give --beam {nbest} or more")
+    if beam is not None and nbest > beam:
+        raise MtError(f"--nbest {nbest}: more than --beam {beam}; give --beam {nbest} or more")
 
 
 @app.command("eval", epilog=_examples('mt eval --run-dir runs/multi30k_de_en', 'mt eval --hyp a.txt --hyp b.txt --ref ref.en'))
@@ -200,16 +222,17 @@ def eval_cmd(
     """sacreBLEU BLEU and chrF with signatures: of a run on a file, its test sets, or finished outputs."""
     from mt import evaluate
 
-    show = json.dumps if json_out else evaluate.format_row
+    def show(results: list[dict], table=evaluate.format_table) -> None:
+        typer.echo("\n".join(map(json.dumps, results)) if json_out else table(results))
+
     if hyp:
         _check_eval_hyp_options(ref, run_dir, src, output)
         if len(hyp) > 1:
-            for k, result in enumerate(evaluate.compare(hyp, ref)):
-                typer.echo(json.dumps(result) if json_out else evaluate.format_comparison(result, baseline=k == 0))
+            show(list(evaluate.compare(hyp, ref)), evaluate.format_comparison)
             return
         from mt.files import read_lines
 
-        typer.echo(show(evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))))
+        show([evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))])
         return
     _check_eval_run_options(run_dir, src, ref, output)
     from mt.checkpoint import load_for_inference
@@ -219,8 +242,7 @@ def eval_cmd(
         results = [evaluate.score_file(loaded, run_dir, src, ref, output, beam, batch_tokens)]
     else:
         results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
-    for result in results:
-        typer.echo(show(result))
+    show(results)
 
 
 def _check_eval_hyp_options(ref: Optional[Path], run_dir: Optional[Path], src: Optional[Path],

@@ -183,7 +183,7 @@ def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str =
     loaded = load_for_inference(run_dir, checkpoint, device, precision)
     beam = beam or loaded.cfg.decoding.beam
     if nbest < 1 or nbest > beam:
-        raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")
+        raise MtError(f"--nbest {nbest}: more than the beam size ({beam}); give --beam {nbest} or more")
     start, count = time.monotonic(), 0
     for raw in read_chunks(stdin):
         lines, error = decode_lines(raw, count + 1)
@@ -194,5 +194,5 @@ def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str =
         if error:
             raise error
     elapsed = time.monotonic() - start
-    log.info("translated %d lines in %.1f s (%.1f lines/s, beam %d, %s)", count, elapsed,
-             count / max(elapsed, 1e-9), beam, loaded.device)
+    log.info("translated %d line%s in %.1f s (%.1f lines/s, beam %d, %s)", count, "" if count == 1 else "s",
+             elapsed, count / max(elapsed, 1e-9), beam, loaded.device)
