@@ -79,6 +79,22 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines on stderr, each on its own line: while a progress bar is drawn, tqdm.write
+    clears it, prints the line and draws the bar again below it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # light; imported here so that `mt --help` stays instant
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
+            self.handleError(record)
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks (or MT_VERBOSE=1).")] = False,
@@ -89,7 +105,7 @@ def _setup(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s" if verbose else "%(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        handlers=[_BarSafeHandler()],
     )
     logging.getLogger("mt").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("sacrebleu").setLevel(logging.DEBUG if verbose else logging.WARNING)  # its progress chatter
