@@ -112,7 +112,7 @@ def _translate_and_score(loaded: Loaded, run_dir: Path, name: str, src: Path, re
     if len(sources) != len(refs):
         raise MtError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}")
     beam = beam or loaded.cfg.decoding.beam
-    translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
+    translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens, progress=True)
     if output is None:
         output = rundir.eval_output(run_dir, name, Path(str(loaded.path)), beam)
     write_text(output, "".join(t + "\n" for t in translations))
