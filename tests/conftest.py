@@ -13,16 +13,23 @@ import pytest
 import yaml
 
 
+def _multi30k_places() -> list[Path]:
+    """$MT_DATA, then where the project keeps a copy (../shared/data/multi30k); read when the
+    tests are collected, before any test's monkeypatch removes MT_DATA."""
+    places = [Path(os.environ["MT_DATA"])] if os.environ.get("MT_DATA") else []
+    return places + [Path(__file__).resolve().parents[2] / "shared/data/multi30k"]
+
+
+MULTI30K_PLACES = _multi30k_places()
+
+
 @pytest.fixture
 def multi30k_dir() -> Path:
-    """The Multi30k task-1 files (*.de.gz, *.en.gz): in $MT_DATA, or where the project keeps a
-    copy (../shared/data/multi30k); skips without them."""
-    places = [Path(os.environ["MT_DATA"])] if os.environ.get("MT_DATA") else []
-    places.append(Path(__file__).resolve().parents[2] / "shared/data/multi30k")
-    for path in places:
+    """The Multi30k task-1 files (*.de.gz, *.en.gz); skips without them."""
+    for path in MULTI30K_PLACES:
         if (path / "train.de.gz").is_file():
             return path
-    pytest.skip(f"Multi30k files not found in {' or '.join(map(str, places))}")
+    pytest.skip(f"Multi30k files not found in {' or '.join(map(str, MULTI30K_PLACES))}")
 
 
 @pytest.fixture(scope="session")
