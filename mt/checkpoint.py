@@ -128,8 +128,11 @@ def resolve_checkpoint(run_dir: str | Path, name: str) -> Path:
         return steps[-1]
     if name in ("best", "averaged"):
         path = rundir.named_checkpoint(run_dir, name)
-        if name == "best" and not path.is_file():
-            return resolve_checkpoint(run_dir, "last")  # a run stopped before its first validation
+        if name == "best" and not path.is_file():  # a run stopped before its first validation
+            newest = resolve_checkpoint(run_dir, "last")
+            log.info("%s: no best checkpoint yet (no validation so far); using the newest, %s",
+                     run_dir, newest.name)
+            return newest
         if not path.is_file():
             raise MtError(f"{path}: no such checkpoint (make it with: mt average --run-dir {run_dir})")
         return path
@@ -207,5 +210,7 @@ def average_checkpoints(run_dir: str | Path, last: int = 5, output: Optional[Pat
               "step": newest["step"], "averaged_from": [p.name for p in paths]}
     output = Path(output) if output else rundir.named_checkpoint(run_dir, "averaged")
     save_checkpoint(output, result)
-    log.info("averaged %d checkpoints (%s) into %s", len(paths), ", ".join(p.name for p in paths), output)
+    fewer = f" (asked for {last}; the run dir holds only {len(paths)})" if len(paths) < last else ""
+    log.info("averaged %d checkpoint%s (%s) into %s%s", len(paths), "" if len(paths) == 1 else "s",
+             ", ".join(p.name for p in paths), output, fewer)
     return output

@@ -25,13 +25,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="mt: train, run and inspect Transformer translation models. Each run is one YAML config.",
 )
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config file.")]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a config key, e.g. --set training.lr=5e-4 (repeatable)."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set training.lr=5e-4 (repeatable)."),
 ]
 RunDirOpt = Annotated[Path, typer.Option("--run-dir", "-r", help="A run directory made by `mt train`.")]
 CheckpointOpt = Annotated[
@@ -57,23 +58,40 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(
     help="Decoding precision on CUDA: auto, bf16, fp16 or fp32; default: what the run trained with (training.precision).")]
 
 
+def _examples(*lines: str) -> str:
+    """A command's --help epilog: the lines as given (click's \\b keeps them unwrapped)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _verbose() -> bool:
     """Whether --verbose (or MT_VERBOSE=1) was given: it sets the `mt` loggers to DEBUG."""
     return logging.getLogger("mt").isEnabledFor(logging.DEBUG)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mt import __version__
+
+        typer.echo(f"mt {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and full tracebacks (or MT_VERBOSE=1).")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print mt's version and exit.")] = False,
 ) -> None:
+    from mt.progress import BarSafeHandler  # tqdm, imported only once a command runs
+
     verbose = verbose or os.environ.get("MT_VERBOSE", "") not in ("", "0")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s" if verbose else "%(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        handlers=[BarSafeHandler()],
     )
     logging.getLogger("mt").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("sacrebleu").setLevel(logging.DEBUG if verbose else logging.WARNING)  # its progress chatter
 
 
 @contextlib.contextmanager
@@ -114,7 +132,7 @@ def _load(config: Path, overrides: Optional[list[str]]):
     return load_config(config, overrides or [])
 
 
-@app.command("config")
+@app.command("config", epilog=_examples('mt config --config configs/toy.yaml', 'mt config -c configs/multi30k_de_en.yaml --set training.lr=5e-4'))
 def config_cmd(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the fully resolved configuration (every default filled in) as YAML."""
     from mt.config import to_yaml
@@ -122,23 +140,28 @@ def config_cmd(config: ConfigOpt, set_: SetOpt = None) -> None:
     typer.echo(to_yaml(_load(config, set_)), nl=False)
 
 
-@app.command()
+@app.command(epilog=_examples('mt prepare --config configs/multi30k_de_en.yaml'))
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Redo everything even if nothing changed.")] = False,
 ) -> None:
     """Fetch and check the corpus, train SentencePiece, encode train/dev into the run's cache."""
+    from mt import rundir
     from mt.prepare import prepare as run_prepare
     from mt.run import check_run_dir
 
     cfg = _load(config, set_)
     with _writing(Path(cfg.run_dir)):
-        check_run_dir(cfg, Path(cfg.run_dir), restart=False)  # never re-tokenize a trained run's data
+        # never re-tokenize a trained run's data; `mt prepare` has no --restart to offer
+        check_run_dir(cfg, Path(cfg.run_dir), restart=False, way_out="")
+        if force and rundir.step_checkpoints(cfg.run_dir):
+            raise MtError(f"{cfg.run_dir} holds checkpoints: --force would re-tokenize the data they were trained "
+                          "on; set run_dir to a new folder to prepare afresh")
         run_prepare(cfg, force=force)
 
 
-@app.command()
+@app.command(epilog=_examples('mt train --config configs/multi30k_de_en_cpu.yaml', 'mt train -c configs/toy.yaml --set training.max_steps=200 --restart'))
 def train(
     config: ConfigOpt,
     set_: SetOpt = None,
@@ -147,7 +170,7 @@ def train(
 ) -> None:
     """Train a Transformer (preparing data first when needed), then score the test sets."""
     from mt import rundir
-    from mt.evaluate import format_row
+    from mt.evaluate import format_table
     from mt.train import run_training, start
 
     cfg = _load(config, set_)
@@ -155,11 +178,11 @@ def train(
         run, state = start(cfg, device=device, restart=restart)
         with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
             scores = run_training(run, state)
-    for result in scores:
-        typer.echo(format_row(result))
+    if scores:
+        typer.echo(format_table(scores))
 
 
-@app.command()
+@app.command(epilog=_examples('echo "Ein Hund rennt." | mt translate --run-dir runs/multi30k_de_en', 'mt translate -r runs/multi30k_de_en --beam 5 --nbest 3 < input.de'))
 def translate(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",
@@ -173,6 +196,7 @@ def translate(
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
 
+    _check_nbest(run_dir, nbest, beam)
     try:
         translate_stream(
             run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
@@ -183,7 +207,22 @@ def translate(
         raise typer.Exit(0) from None
 
 
-@app.command("eval")
+def _check_nbest(run_dir: Path, nbest: int, beam: Optional[int]) -> None:
+    """--nbest N needs a beam of N or more: say so before the model loads."""
+    from mt import rundir
+    from mt.config import load_config
+
+    if nbest == 1:
+        return
+    if beam is None and rundir.config_file(run_dir).is_file():
+        beam = load_config(rundir.config_file(run_dir), []).decoding.beam
+        if nbest > beam:
+            raise MtError(f"--nbest {nbest}: the run decodes with beam {beam} (decoding.beam); give --beam {nbest} or more")
+    if beam is not None and nbest > beam:
+        raise MtError(f"--nbest {nbest}: more than --beam {beam}; give --beam {nbest} or more")
+
+
+@app.command("eval", epilog=_examples('mt eval --run-dir runs/multi30k_de_en', 'mt eval --hyp a.txt --hyp b.txt --ref ref.en'))
 def eval_cmd(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run dir to translate with.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", help="Source file to translate and score.")] = None,
@@ -200,16 +239,17 @@ def eval_cmd(
     """sacreBLEU BLEU and chrF with signatures: of a run on a file, its test sets, or finished outputs."""
     from mt import evaluate
 
-    show = json.dumps if json_out else evaluate.format_row
+    def show(results: list[dict], table=evaluate.format_table) -> None:
+        typer.echo("\n".join(map(json.dumps, results)) if json_out else table(results))
+
     if hyp:
         _check_eval_hyp_options(ref, run_dir, src, output)
         if len(hyp) > 1:
-            for k, result in enumerate(evaluate.compare(hyp, ref)):
-                typer.echo(json.dumps(result) if json_out else evaluate.format_comparison(result, baseline=k == 0))
+            show(list(evaluate.compare(hyp, ref)), evaluate.format_comparison)
             return
         from mt.files import read_lines
 
-        typer.echo(show(evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))))
+        show([evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))])
         return
     _check_eval_run_options(run_dir, src, ref, output)
     from mt.checkpoint import load_for_inference
@@ -220,8 +260,7 @@ def eval_cmd(
     else:
         with _writing(run_dir):  # the hypotheses go into the run dir
             results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
-    for result in results:
-        typer.echo(show(result))
+    show(results)
 
 
 def _check_eval_hyp_options(ref: Optional[Path], run_dir: Optional[Path], src: Optional[Path],
@@ -247,7 +286,7 @@ def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: O
     rundir.check_output("--output", output, [src, ref, *rundir.records(run_dir)])
 
 
-@app.command()
+@app.command(epilog=_examples('mt average --run-dir runs/multi30k_de_en --last 5'))
 def average(
     run_dir: RunDirOpt,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest checkpoints to average.")] = 5,
@@ -264,7 +303,7 @@ def average(
     typer.echo(str(path))
 
 
-@app.command()
+@app.command(epilog=_examples('mt attention -r runs/multi30k_de_en -o attention/ --text "Ein Hund rennt."'))
 def attention(
     run_dir: RunDirOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG (and JSON) files.")],
@@ -289,7 +328,7 @@ def attention(
         typer.echo(str(path))
 
 
-@app.command()
+@app.command(epilog=_examples('mt plot --run-dir runs/multi30k_de_en'))
 def plot(
     run_dir: RunDirOpt,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
@@ -302,7 +341,7 @@ def plot(
     typer.echo(str(plot_curves(run_dir, output)))
 
 
-@app.command()
+@app.command(epilog=_examples('mt export --run-dir runs/multi30k_de_en --output exported/ --quantization int8'))
 def export(
     run_dir: RunDirOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the exported model to.")],
@@ -318,7 +357,7 @@ def export(
                               force=force)))
 
 
-@app.command()
+@app.command(epilog=_examples('mt serve --run-dir runs/multi30k_de_en --port 8000'))
 def serve(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",

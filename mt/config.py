@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from mt.errors import ConfigError
-from mt.files import not_a_file
+from mt.files import as_given, not_a_file
 from mt.yaml_bounds import check_bounded
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +389,6 @@ def _check_files(cfg: Config, where: _Where) -> None:
             if pair and not str(path or "").strip():
                 raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: expected a file path, got an empty one")
             if path and not Path(path).is_file():
-                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: {not_a_file(Path(path))}: {path}")
+                raise ConfigError(f"{where(f'{key}.{side}')}: {key}.{side}: {not_a_file(Path(path))}: {as_given(path)}")
     if cfg.data.data_dir and not Path(cfg.data.data_dir).is_dir():
-        raise ConfigError(f"{where('data.data_dir')}: data.data_dir: no such folder: {cfg.data.data_dir}")
+        raise ConfigError(f"{where('data.data_dir')}: data.data_dir: no such folder: {as_given(cfg.data.data_dir)}")

@@ -39,9 +39,20 @@ def score(hyps: Sequence[str], refs: Sequence[str], name: str) -> dict:
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
 
 
-def format_row(result: dict) -> str:
-    return (f"{result['name']:<20} {result['lines']:>6} lines  BLEU {result['bleu']:6.2f}  "
-            f"chrF {result['chrf']:6.2f}  {result['bleu_signature']}  {result['chrf_signature']}")
+def format_table(results: Sequence[dict]) -> str:
+    """Scores as a table, a header row first, then each distinct signature on its own line."""
+    width = max(20, *(len(r["name"]) for r in results))
+    lines = [f"{'test set':<{width}} {'lines':>6} {'BLEU':>6} {'chrF':>6}"]
+    lines += [f"{r['name']:<{width}} {r['lines']:>6} {r['bleu']:6.2f} {r['chrf']:6.2f}" for r in results]
+    return "\n".join(lines + _signatures(results))
+
+
+def _signatures(results: Sequence[dict]) -> list[str]:
+    lines = []
+    for metric, key in (("BLEU", "bleu_signature"), ("chrF", "chrf_signature")):
+        for signature in dict.fromkeys(r[key] for r in results):  # distinct, in order
+            lines.append(f"{metric} signature: {signature}")
+    return lines
 
 
 def compare(hyp_paths: Sequence[Path], ref_path: Path) -> Iterator[dict]:
@@ -60,17 +71,22 @@ def compare(hyp_paths: Sequence[Path], ref_path: Path) -> Iterator[dict]:
     signatures, results = PairedTest(systems, {"BLEU": BLEU(), "chrF": CHRF()}, [refs], test_type="bs")()
     for k, name in enumerate(results["System"]):
         bleu, chrf = results["BLEU"][k], results["chrF2"][k]
-        number = lambda v: None if v is None else round(float(v), 4)  # noqa: E731  (NumPy floats -> JSON)
+        number = lambda v, digits=2: None if v is None else round(float(v), digits)  # noqa: E731  (NumPy floats -> JSON)
         yield {"name": name, "lines": len(refs), "bleu": number(bleu.score), "bleu_ci": number(bleu.ci),
-               "bleu_p": number(bleu.p_value), "chrf": number(chrf.score), "chrf_ci": number(chrf.ci),
-               "chrf_p": number(chrf.p_value), "bleu_signature": str(signatures["BLEU"]),
+               "bleu_p": number(bleu.p_value, 4), "chrf": number(chrf.score), "chrf_ci": number(chrf.ci),
+               "chrf_p": number(chrf.p_value, 4), "bleu_signature": str(signatures["BLEU"]),
                "chrf_signature": str(signatures["chrF2"])}
 
 
-def format_comparison(result: dict, baseline: bool) -> str:
-    p = lambda v: "baseline" if baseline else f"p = {v:.4f}"  # noqa: E731
-    return (f"{result['name']}: BLEU {result['bleu']:.2f} (± {result['bleu_ci']:.2f}, {p(result['bleu_p'])})  "
-            f"chrF {result['chrf']:.2f} (± {result['chrf_ci']:.2f}, {p(result['chrf_p'])})")
+def format_comparison(results: Sequence[dict]) -> str:
+    """The paired bootstrap as a table: score ± 95% CI and the p-value against the first
+    system (the baseline), then the signatures."""
+    width = max(20, *(len(r["name"]) for r in results))
+    p = lambda v: "baseline" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"{'system':<{width}} {'lines':>6} {'BLEU':>6} {'± 95%':>6} {'p':>9} {'chrF':>6} {'± 95%':>6} {'p':>9}"]
+    lines += [f"{r['name']:<{width}} {r['lines']:>6} {r['bleu']:6.2f} {r['bleu_ci']:6.2f} {p(r['bleu_p']):>9} "
+              f"{r['chrf']:6.2f} {r['chrf_ci']:6.2f} {p(r['chrf_p']):>9}" for r in results]
+    return "\n".join(lines + _signatures(results))
 
 
 def score_file(loaded: Loaded, run_dir: Path, src: Path, ref: Path, output: Optional[Path] = None,
@@ -96,7 +112,7 @@ def _translate_and_score(loaded: Loaded, run_dir: Path, name: str, src: Path, re
     if len(sources) != len(refs):
         raise MtError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}")
     beam = beam or loaded.cfg.decoding.beam
-    translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens)
+    translations = translate_lines(loaded, sources, beam=beam, batch_tokens=batch_tokens, progress=True)
     if output is None:
         output = rundir.eval_output(run_dir, name, Path(str(loaded.path)), beam)
     write_text(output, "".join(t + "\n" for t in translations))

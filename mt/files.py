@@ -97,6 +97,14 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
     return gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
 
 
+def as_given(path: str | Path) -> str:
+    """A path as the user wrote it and, when relative, where it led: relative paths in a config
+    are read from the current directory, not the config's folder."""
+    if Path(path).is_absolute():
+        return str(path)
+    return f"{path} (relative paths are read from the current directory: {Path(path).absolute()})"
+
+
 def not_a_file(path: Path) -> str:
     """Why `path`, which is not a regular file, cannot be read as one: said as the user needs it."""
     try:

@@ -102,7 +102,7 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
                      run_dir, prepared.config_path.name, prepared.manifest_path.name)
         else:
-            log.info("%s: already prepared (nothing changed); --force redoes it", run_dir)
+            log.info("%s: already prepared (nothing changed)", run_dir)
         return prepared
     outputs = _make_outputs(cfg, files)
     _write(cfg, prepared, outputs, sums, key)

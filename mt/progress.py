@@ -93,3 +93,17 @@ class Ticking:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """Log lines on stderr, each on its own line: while a progress bar is drawn, tqdm.write
+    clears it, prints the line and draws the bar again below it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
+            self.handleError(record)

@@ -108,8 +108,10 @@ class Run:
 # ----------------------------------------------------------------------------- building and resuming
 
 
-def check_run_dir(cfg: Config, run_dir: Path, restart: bool) -> None:
-    """Refuse to mix two different runs in one directory (unless told to start over)."""
+def check_run_dir(cfg: Config, run_dir: Path, restart: bool,
+                  way_out: str = "; or pass --restart to start over in this folder") -> None:
+    """Refuse to mix two different runs in one directory (unless told to start over); `way_out`
+    ends the refusal with what the calling command offers."""
     if restart:
         rundir.clear_training(run_dir)
         return
@@ -122,8 +124,8 @@ def check_run_dir(cfg: Config, run_dir: Path, restart: bool) -> None:
         if old.get(section) != new[section]:
             diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]]
             raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
-                          "differ): set run_dir to a new folder, use the original config to continue, "
-                          "or pass --restart to start over in this folder")
+                          "differ): set run_dir to a new folder, or use the original config to continue"
+                          + way_out)
 
 
 def make_run(cfg: Config, run_dir: Path, device: torch.device, dist: distributed.Context) -> Run:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -84,7 +85,8 @@ def run_training(run: Run, state: State) -> list[dict]:
 def loop(run: Run, state: State) -> State:
     t = run.cfg.training
     batches = run.stream(state.position)
-    bar = tqdm(total=planned_steps(run), initial=state.step, disable=not run.is_main,
+    # a bar redrawn in place only on a terminal; in a log file, one plain line per log_every
+    bar = tqdm(total=planned_steps(run), initial=state.step, disable=not run.is_main or not sys.stderr.isatty(),
                dynamic_ncols=True, unit="step", desc="train")
     meter = Meter(run.raw_model, run.device, run.dist.world)
     start = time.monotonic()
@@ -95,6 +97,7 @@ def loop(run: Run, state: State) -> State:
         loss = train_step(run, state, [batch for _, batch in group])
         meter.add(loss, [batch for _, batch in group])
         bar.update(1)
+        preview(run, state, meter, bar)
         # with update_freq > 1 an epoch can end inside the group
         epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)
@@ -218,6 +221,16 @@ def skip_out_of_memory_update(run: Run, state: State, message: str) -> None:
     log.warning("%s; skipped it (lower training.batch_tokens if this repeats): %s", where, message)
 
 
+def preview(run: Run, state: State, meter: Meter, bar: tqdm) -> None:
+    """Loss and tokens/s on the bar from the first steps, before the first log_every: at steps
+    1, 2, 4, 8, ... (each reading waits for the device, so not at every step)."""
+    step = state.step
+    if bar.disable or step >= run.cfg.training.log_every or step & (step - 1) or meter.trg_tokens == 0:
+        return
+    reading = meter.read()
+    bar.set_postfix({"loss": f"{reading['loss']:.3f}", "tok/s": f"{reading['trg_tokens_per_s']:,.0f}"})
+
+
 def maybe_log(run: Run, state: State, meter: Meter, bar: tqdm) -> None:
     if state.step % run.cfg.training.log_every and not state.stop_requested:
         return
@@ -232,6 +245,10 @@ def maybe_log(run: Run, state: State, meter: Meter, bar: tqdm) -> None:
     if "peak_mem_gb" in reading:
         shown["mem"] = f"{reading['peak_mem_gb']:.1f}G"
     bar.set_postfix(shown, refresh=False)
+    if bar.disable and run.is_main:  # no bar (stderr is not a terminal): one plain line instead
+        total = planned_steps(run)
+        log.info("step %d%s  %s", state.step, f"/{total}" if total else "",
+                 "  ".join(f"{k} {v}" for k, v in shown.items()))
     record(run, state, {"step": state.step, "epoch": state.position.epoch, "lr": lr, **reading})
 
 
@@ -300,7 +317,8 @@ def save(run: Run, state: State) -> None:
         return
     ckpt = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved(), run.optimizer, run.scheduler,
                            run.scaler, rng)
-    save_checkpoint(rundir.step_checkpoint(run.run_dir, state.step), ckpt)
+    with signals_wait(state.step):  # a Ctrl-C now would leave the user unsure what was saved
+        save_checkpoint(rundir.step_checkpoint(run.run_dir, state.step), ckpt)
     for old in rundir.step_checkpoints(run.run_dir)[: -run.cfg.training.keep_checkpoints]:
         old.unlink(missing_ok=True)
 
@@ -314,10 +332,35 @@ class stop_signals:
     def __enter__(self):
         def handler(signum, frame):
             if self.state.stop_requested:  # a second Ctrl-C: stop right now
+                saved = self.state.saved_step
+                log.warning("stopped without saving step %d (%s)", self.state.step,
+                            f"the newest checkpoint is step {saved}" if saved > 0 else "no checkpoint saved yet")
                 raise KeyboardInterrupt
             self.state.stop_requested = signal.Signals(signum).name
+            log.warning("%s: finishing step %d, then saving it (Ctrl-C again to quit without saving)",
+                        self.state.stop_requested, self.state.step + 1)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+
+
+class signals_wait:
+    """While a checkpoint is written, Ctrl-C and SIGTERM only say to wait: the write is short,
+    and stopping in it would leave the user unsure which step was saved."""
+
+    def __init__(self, step: int):
+        self.step, self.previous = step, {}
+
+    def __enter__(self):
+        def handler(signum, frame):
+            log.warning("saving step %d; one moment", self.step)
+        if signal.getsignal(signal.SIGINT) is not None:  # None: not set from Python; leave it
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, handler)
         return self
 
     def __exit__(self, *exc):

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import select
+import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
 
 import torch
+from tqdm import tqdm
 
 from mt.batching import make_batches, pad_ids
 from mt.checkpoint import Loaded, load_for_inference
@@ -46,12 +48,14 @@ class Translation:
 
 
 def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[int] = None, nbest: int = 1,
-                  batch_tokens: Optional[int] = None, record_attention: bool = False) -> list[Translation]:
+                  batch_tokens: Optional[int] = None, record_attention: bool = False,
+                  progress: bool = False) -> list[Translation]:
     """Search every source (piece ids, no EOS) and return the results in input order.
 
     Sources must already fit the model (see `fit_source`); empty ones are not searched. With
     `record_attention` each hypothesis carries the cross-attention that produced it (see
-    `Hypothesis.attention`); `mt.align.teacher_forced_attention` gives all three kinds.
+    `Hypothesis.attention`); `mt.align.teacher_forced_attention` gives all three kinds. With
+    `progress`, a bar on stderr counts the lines, when stderr is a terminal (never in a log).
     """
     dec = loaded.cfg.decoding
     beam = beam or dec.beam
@@ -62,16 +66,20 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
         if not ids:
             results[i] = Translation([EOS_ID], [Hypothesis([], 0.0, 0.0)] * nbest)
     lengths = [len(src_ids[i]) for i in todo]
+    bar = tqdm(total=len(todo), unit="line", desc="translate", leave=False, dynamic_ncols=True,
+               disable=not progress or not sys.stderr.isatty())
     # batch size is counted in source tokens times beam: that is what the decoder holds
     for batch in make_batches(lengths, lengths, max(batch_tokens // beam, 1)):
         indices = [todo[k] for k in batch]
         found = _search(loaded, [src_ids[i] for i in indices], beam, nbest, record_attention)
+        bar.update(len(batch))
         for i, hyps in zip(indices, found):
             source = [*src_ids[i], EOS_ID]
             for h in hyps:
                 if h.attention is not None:  # drop the batch's padding columns
                     h.attention = h.attention[..., : len(source)]
             results[i] = Translation(source, hyps)
+    bar.close()
     return results
 
 
@@ -102,12 +110,13 @@ def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> lis
 
 def translate_lines(loaded: Loaded, lines: Sequence[str], beam: Optional[int] = None, nbest: int = 1,
                     batch_tokens: Optional[int] = None, alignments: bool = False,
-                    first_line: int = 1) -> list[str]:
+                    first_line: int = 1, progress: bool = False) -> list[str]:
     """Detokenized output lines for `lines`: one per line, or `nbest` per line in Moses n-best
     format (`index ||| translation ||| score`); with `alignments`, `i-j` pairs follow after a tab
     (one best) or as a fourth `|||` field (n-best)."""
     src_ids = fit_source(loaded, lines, first_line)
-    results = translate_ids(loaded, src_ids, beam, nbest, batch_tokens, record_attention=alignments)
+    results = translate_ids(loaded, src_ids, beam, nbest, batch_tokens, record_attention=alignments,
+                            progress=progress)
     out = []
     for k, result in enumerate(results):
         texts = loaded.tokenizer.decode_trg([h.tokens for h in result.hyps])
@@ -163,6 +172,13 @@ def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list
         yield lines
 
 
+def _is_terminal(stream: BinaryIO) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # an in-memory stream
+        return False
+
+
 def decode_lines(raw: Sequence[bytes], first_line: int) -> tuple[list[str], Optional[MtError]]:
     """UTF-8 text per line (CR of CRLF endings dropped) up to the first invalid line, and the
     error naming that line, if any: the caller translates the good lines before raising it."""
@@ -183,16 +199,17 @@ def translate_stream(run_dir, stdin: BinaryIO, stdout: TextIO, checkpoint: str =
     loaded = load_for_inference(run_dir, checkpoint, device, precision)
     beam = beam or loaded.cfg.decoding.beam
     if nbest < 1 or nbest > beam:
-        raise MtError(f"--nbest {nbest}: must be between 1 and the beam size ({beam})")
+        raise MtError(f"--nbest {nbest}: more than the beam size ({beam}); give --beam {nbest} or more")
     start, count = time.monotonic(), 0
     for raw in read_chunks(stdin):
         lines, error = decode_lines(raw, count + 1)
-        out = translate_lines(loaded, lines, beam, nbest, batch_tokens, alignments, first_line=count + 1)
+        out = translate_lines(loaded, lines, beam, nbest, batch_tokens, alignments, first_line=count + 1,
+                              progress=not _is_terminal(stdin))  # typed lines need no bar
         stdout.write("".join(line + "\n" for line in out))
         stdout.flush()
         count += len(lines)
         if error:
             raise error
     elapsed = time.monotonic() - start
-    log.info("translated %d lines in %.1f s (%.1f lines/s, beam %d, %s)", count, elapsed,
-             count / max(elapsed, 1e-9), beam, loaded.device)
+    log.info("translated %d line%s in %.1f s (%.1f lines/s, beam %d, %s)", count, "" if count == 1 else "s",
+             elapsed, count / max(elapsed, 1e-9), beam, loaded.device)

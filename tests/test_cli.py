@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from conftest import run_mt
+from conftest import error_line, run_mt
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -43,3 +45,51 @@ def test_verbose_adds_the_traceback_to_an_error(tmp_path):
     assert quiet.returncode == 1 and quiet.stderr.strip().splitlines() == [
         f"error: {tmp_path}: not an mt run directory (no tokenizer/ in it; run mt train first)"]
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "MtError" in loud.stderr
+
+
+def test_help_shows_flags_as_flags_a_version_and_examples():
+    top = run_mt("--help").stdout
+    assert "<bool>" not in top and "--verbose" in top
+    for command in ("config", "prepare", "train", "translate", "eval", "average", "attention", "plot", "serve"):
+        text = run_mt(command, "--help").stdout
+        assert "<bool>" not in text and "Examples:" in text, command
+    assert "mt train --config configs/multi30k_de_en_cpu.yaml" in run_mt("train", "--help").stdout
+    from importlib.metadata import version
+    assert run_mt("--version").stdout.strip() == f"mt {version('mt')}"
+
+
+def test_hints_name_options_of_the_command_that_prints_them(toy_run, tmp_path):
+    run_dir = toy_run / "run"
+    nbest = run_mt("translate", "--run-dir", str(run_dir), "--nbest", "3", check=False, stdin="x\n")
+    assert nbest.returncode == 1 and "--beam 3" in error_line(nbest)  # toy.yaml decodes with beam 1
+    assert "loaded" not in nbest.stderr  # refused before the model was loaded
+    force = run_mt("prepare", "--config", str(toy_run / "toy.yaml"), "--force", check=False)
+    assert force.returncode == 1 and "holds checkpoints" in error_line(force)
+    assert "--restart" not in force.stderr
+    one = run_mt("translate", "--run-dir", str(run_dir), "--device", "cpu", stdin="x\n")
+    assert "translated 1 line in" in one.stderr
+
+
+def test_average_and_best_say_what_they_used(toy_run, tmp_path):
+    steps = sorted(p.name for p in (toy_run / "run/checkpoints").glob("step*.pt"))
+    averaged = run_mt("average", "--run-dir", str(toy_run / "run"), "--last", "5", "--output", str(tmp_path / "a.pt"))
+    assert f"averaged {len(steps)} checkpoints" in averaged.stderr and "asked for 5" in averaged.stderr
+    copy = tmp_path / "run"
+    shutil.copytree(toy_run / "run", copy)
+    (copy / "checkpoints/best.pt").unlink()
+    fallback = run_mt("translate", "--run-dir", str(copy), "--device", "cpu", stdin="x\n")
+    assert "no best checkpoint yet" in fallback.stderr and steps[-1] in fallback.stderr
+
+
+def test_eval_prints_a_table_and_labelled_signatures_without_sacrebleu_chatter(tmp_path):
+    ref = tmp_path / "ref.txt"
+    ref.write_text("the dog runs in the park .\na cat sleeps on the sofa .\n", encoding="utf-8")
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("the dog runs in a park .\na cat sleeps on the sofa .\n", encoding="utf-8")
+    one = run_mt("eval", "--hyp", str(hyp), "--ref", str(ref)).stdout.splitlines()
+    assert one[0].split() == ["test", "set", "lines", "BLEU", "chrF"]
+    assert one[2].startswith("BLEU signature: nrefs:1|") and one[3].startswith("chrF signature: nrefs:1|")
+    both = run_mt("eval", "--hyp", str(ref), "--hyp", str(hyp), "--ref", str(ref))
+    assert "baseline" in both.stdout.splitlines()[1]
+    assert any(line.startswith("BLEU signature: ") and "bs:1000" in line for line in both.stdout.splitlines())
+    assert "Pre-computing" not in both.stderr and both.stderr.strip() == ""

@@ -60,6 +60,9 @@ def test_resume_continues_exactly(tmp_path, small_data):
     second = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=30, **TINY)
     resumed = run_mt("train", "--config", str(second))
     assert "resuming" in resumed.stderr
+    # stderr is not a terminal here: no bar redrawn with carriage returns, one plain line per log_every
+    assert "\r" not in resumed.stderr
+    assert any(line.startswith("step ") and " loss " in line for line in resumed.stderr.splitlines())
     a = parameters(tmp_path / "a/checkpoints/step_0000030.pt")
     b = parameters(tmp_path / "b/checkpoints/step_0000030.pt")
     assert max_difference(a, b) <= 1e-6
@@ -79,6 +82,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path, small_d
     _, stderr = process.communicate()
     assert process.returncode == 128 + signal.SIGTERM, stderr  # saved, not finished: 143, as a shell reports it
     assert "SIGTERM: saved step" in stderr
+    assert any(line.startswith("SIGTERM: finishing step ") for line in stderr.splitlines())  # said at once
     stopped_at = int(stderr.split("SIGTERM: saved step ")[1].split(";")[0])
     assert 0 < stopped_at < steps
     assert (tmp_path / f"b/checkpoints/step_{stopped_at:07d}.pt").is_file()
