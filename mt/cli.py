@@ -70,9 +70,9 @@ def _verbose() -> bool:
 
 def _print_version(value: bool) -> None:
     if value:
-        from mt import __version__
+        import mt
 
-        typer.echo(f"mt {__version__}")
+        typer.echo(f"mt {mt.__version__}")
         raise typer.Exit()
 
 
