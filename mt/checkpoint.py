@@ -184,8 +184,10 @@ def load_for_inference(run_dir: str | Path, checkpoint: str = "best", device: st
 
 
 def _check_same_tokenizer(run_dir: str | Path, paths: list[Path], states: list[dict]) -> None:
-    """Parameters trained on other vocabularies mean nothing averaged: every one must fit the run's."""
-    identity = Tokenizer.load(rundir.tokenizer_dir(run_dir)).identity()
+    """Parameters trained on other vocabularies mean nothing averaged: every one must fit the
+    run's tokenizer (or, in a folder of bare checkpoints without one, the newest checkpoint's)."""
+    has_tokenizer = rundir.tokenizer_dir(run_dir).is_dir()
+    identity = Tokenizer.load(rundir.tokenizer_dir(run_dir)).identity() if has_tokenizer else states[-1].get("tokenizer")
     others = [path.name for path, state in zip(paths, states) if state.get("tokenizer") != identity]
     if others:
         raise MtError(f"{rundir.checkpoint_dir(run_dir)}: {', '.join(others)} were trained with another "
