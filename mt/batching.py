@@ -220,8 +220,9 @@ class Prefetcher:
         self._stop = threading.Event()
         self._ended: BaseException | None = None
         # the thread holds the queue and the event, not self: dropping the prefetcher stops it
-        threading.Thread(target=_fill, args=(items, self._queue, self._stop), daemon=True,
-                         name="mt-batches").start()
+        self._thread = threading.Thread(target=_fill, args=(items, self._queue, self._stop), daemon=True,
+                                        name="mt-batches")
+        self._thread.start()
 
     def __iter__(self) -> Prefetcher:
         return self
@@ -236,7 +237,9 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
+        """Stop and wait for the thread: one still making a batch at interpreter exit aborts it."""
         self._stop.set()
+        self._thread.join()
 
     def __del__(self) -> None:
         self._stop.set()

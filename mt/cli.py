@@ -63,15 +63,13 @@ def _examples(*lines: str) -> str:
     return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _verbose() -> bool:
-    """Whether --verbose (or MT_VERBOSE=1) was given: it sets the `mt` loggers to DEBUG."""
+def _verbose() -> bool:  # --verbose (or MT_VERBOSE=1) sets the `mt` loggers to DEBUG
     return logging.getLogger("mt").isEnabledFor(logging.DEBUG)
 
 
 def _print_version(value: bool) -> None:
     if value:
         import mt
-
         typer.echo(f"mt {mt.__version__}")
         raise typer.Exit()
 
@@ -112,18 +110,23 @@ def _log_file(path: Path, enabled: bool = True) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _writing(run_dir: Path) -> Iterator[None]:
-    """The body of a command that writes into `run_dir`: refused if mt did not make the folder,
-    run holding its lock (rank 0 only under torchrun; the others write nothing), after the marker
-    is written and a killed command's temporary files are removed."""
+    """A command writing into `run_dir`: refused if mt did not make it; else run holding its lock
+    (rank 0 only under torchrun), after the marker is written and stale temp files removed."""
     from mt import lock, rundir
 
     if os.environ.get("RANK", "0") != "0":
         yield
         return
     rundir.check_ours(run_dir)
-    with lock.hold(rundir.lock_file(run_dir), lock.command_line()):
-        rundir.claim(run_dir)
-        yield
+    fresh = not run_dir.exists()
+    try:
+        with lock.hold(rundir.lock_file(run_dir), lock.command_line()):
+            rundir.claim(run_dir)
+            yield
+    except BaseException:
+        if fresh:  # a refused command leaves no folder behind
+            rundir.unmake_if_bare(run_dir)
+        raise
 
 
 def _load(config: Path, overrides: Optional[list[str]]):
@@ -378,10 +381,8 @@ def serve(
 
 
 def main() -> None:
-    """Entry point: run the app; a user's mistake is one line on stderr, not a traceback.
-
-    Typer (standalone mode) handles usage errors itself and exits 2; our MtError arrives here.
-    """
+    """Run the app: a user's mistake (MtError) is one line on stderr, not a traceback.
+    Typer (standalone mode) handles usage errors itself and exits 2."""
     try:
         app()
     except Interrupted as e:  # saved and logged already; exit as a signal-stopped program does

@@ -119,7 +119,7 @@ class TrainingConfig:
     max_minutes: float = _nonneg(0.0, le=10**9)  # wall time; 0 = no limit
     batch_tokens: int = _positive(4096, le=10**9)  # target tokens per batch (per process)
     update_freq: int = _positive(1, le=100_000)  # batches accumulated into one update
-    lr: float = _positive(7e-4, le=100)
+    lr: float = _positive(7e-4, le=1e12)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = _nonneg(0.0, le=100)
     schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"

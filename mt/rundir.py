@@ -55,6 +55,17 @@ def lock_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / LOCK
 
 
+def unmake_if_bare(run_dir: str | Path) -> None:
+    """Remove a run dir that holds nothing but its lock and marker (a command refused at once)."""
+    run_dir = Path(run_dir)
+    for made in (lock_file(run_dir), marker_file(run_dir)):
+        made.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()  # only if nothing else was written
+    except OSError:
+        pass
+
+
 def marker_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / MARKER
 

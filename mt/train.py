@@ -104,6 +104,7 @@ def loop(run: Run, state: State) -> State:
         maybe_validate(run, state, epoch_ended)
         maybe_save(run, state)
     bar.close()
+    getattr(batches, "close", lambda: None)()  # the background batch thread ends before we do
     if state.step and state.saved_step != state.step:
         save(run, state)  # after out-of-memory skips too: they left the parameters as they were
     if state.failed:

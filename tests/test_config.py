@@ -39,7 +39,7 @@ def test_unknown_key_names_the_dotted_key_and_suggests_the_nearest(toy):
     ("vocab_size: 60", "vocab_size: lots", "6: tokenizer.vocab_size: expected an integer, got 'lots'"),
     ("vocab_size: 60", "vocab_size: 8", "6: tokenizer.vocab_size: expected an integer >= 16 and <= 1000000, got 8"),
     ("lr: 5e-4", "lr: fast", "8: training.lr: expected a number, got 'fast'"),
-    ("lr: 5e-4", "lr: 0", "8: training.lr: expected a number > 0 and <= 100, got 0.0"),
+    ("lr: 5e-4", "lr: 0", "8: training.lr: expected a number > 0 and <= 1000000000000.0, got 0.0"),
     ("lr: 5e-4", "lr: 5e-4\n  label_smoothing: 1.5",
      "9: training.label_smoothing: expected a number >= 0 and < 1, got 1.5"),
 ], ids=["type", "below-minimum", "not-a-number", "not-positive", "over-maximum"])

@@ -147,7 +147,8 @@ def test_eval_compares_two_systems_with_paired_bootstrap(toy_run, tmp_path):
     assert rows[0]["bleu"] == 100.0 and rows[1]["bleu"] < rows[0]["bleu"]
     assert rows[1]["bleu_p"] < 0.05 and rows[1]["bleu_ci"] >= 0
     text = run_mt("eval", "--hyp", str(good), "--hyp", str(bad), "--ref", str(ref)).stdout
-    assert "p = " in text and "±" in text
+    header = text.splitlines()[0]  # a table: BLEU, its 95% interval and p-value against the first system
+    assert "± 95%" in header and " p " in header and "BLEU signature:" in text
 
 
 def test_alignments_match_the_monotone_task(toy_run, sources):
