@@ -34,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,16 +75,16 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
         raise MtError(f"--quantization {quantization}: expected one of {', '.join(QUANTIZATIONS)}")
     ctranslate2 = import_ctranslate2()
     output = Path(output)
-    check_output(output, force)
+    folder = check_output(output, force)
     loaded = load_for_inference(run_dir, checkpoint, device="cpu")
     check_architecture(loaded.cfg.model)
     spec = build_spec(ctranslate2.specs, loaded)
-    with staging_dir(output) as staging:
+    with staging_dir(folder) as staging:
         spec.validate()
         spec.optimize(quantization=None if quantization == "none" else quantization)
         spec.save(str(staging))
         write_companions(staging, Path(run_dir), loaded, quantization)
-        replace_dir(staging, output)
+        replace_dir(staging, folder)
     log.info("exported %s (%s weights) to %s", loaded.path, quantization, output)
     return output
 
@@ -97,15 +98,25 @@ def import_ctranslate2():
     return ctranslate2
 
 
-def check_output(output: Path, force: bool) -> None:
-    """An existing folder is replaced only with --force, and only if `mt export` made it."""
-    if not output.exists():
-        return
+def check_output(output: Path, force: bool) -> Path:
+    """The folder to write: `output`, or the folder a symlink there points at (the link is kept
+    and shows the new export). An existing folder is replaced only with --force, and only if
+    `mt export` made it."""
+    shown = f"--output {output}"
+    folder = output
+    if output.is_symlink():
+        target = os.readlink(output)
+        if not output.exists():
+            raise MtError(f"{shown}: a symlink to {target}, which does not exist")
+        shown, folder = f"{shown} (a symlink to {target})", output.resolve()
+    if not folder.exists():
+        return folder
     if not force:
-        raise MtError(f"{output}: already exists (add --force to replace an earlier export)")
-    if not output.is_dir() or not (output / MARKER).is_file():
-        raise MtError(f"{output}: exists and is not a folder made by mt export (no {MARKER} in it); "
+        raise MtError(f"{shown}: already exists (add --force to replace an earlier export)")
+    if not folder.is_dir() or not (folder / MARKER).is_file():
+        raise MtError(f"{shown}: exists and is not a folder made by mt export (no {MARKER} in it); "
                       "not replacing it even with --force: choose another --output")
+    return folder
 
 
 def check_architecture(model_cfg: ModelConfig) -> None:
@@ -243,22 +254,39 @@ class staging_dir:
 
     def __enter__(self) -> Path:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
+        self.path = make_fresh_dir(self.output.parent, f".{self.output.name}.")
         return self.path
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def make_fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder with the mode a plain mkdir gives (0o777 less the umask):
+    tempfile.mkdtemp's is always 0700, which would keep a service or a colleague from the model."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another export chose the same name: draw again
+            continue
+    raise MtError(f"{parent}: cannot make a temporary folder there (100 names taken)")
+
+
 def replace_dir(staging: Path, output: Path) -> None:
-    """Rename the finished folder into place; an earlier export (checked) is moved aside first."""
+    """Rename the finished folder into place; an earlier export (checked) is moved aside first,
+    then removed (`output` is a real folder here, never a symlink: check_output resolved it)."""
     old = None
     if output.exists():
         old = output.with_name(f".{output.name}.old-{staging.name}")
         output.rename(old)
     staging.rename(output)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old)
+        except OSError as err:  # the new export is in place; say what is left, never hide it
+            log.warning("could not remove the earlier export moved to %s: %s", old, err)
 
 
 def write_companions(folder: Path, run_dir: Path, loaded: Loaded, quantization: str) -> None:
