@@ -321,6 +321,8 @@ score / ((5 + n) / 6) ** alpha, n counting </s>), output length limit {a} * sour
 per sentence. CTranslate2 ranks finished hypotheses by score / n ** length_penalty instead, so
 the short call above can pick a different one of the same candidates; translate.py asks for all
 {beam} candidates and ranks them as mt does, and sends sentences with equal limits together.
-What still differs from mt, only on sentences whose search reaches the length limit: mt forces
-</s> there (and counts its log-probability), CTranslate2 stops without it.
+What still differs from mt: on sentences whose search reaches the length limit, mt forces </s>
+there (and counts its log-probability), CTranslate2 stops without it; and when more than {beam}
+hypotheses have finished by the time CTranslate2 stops, it keeps its {beam} best by score / n,
+which may leave out the one mt would choose.
 """
