@@ -21,7 +21,7 @@ import numpy as np
 
 from mt.config import DataConfig, FilePair, FilterConfig
 from mt.errors import ConfigError, MtError
-from mt.files import atomic_write, iter_lines, open_binary, read_lines, sha256_file
+from mt.files import KnownSums, atomic_write, iter_lines, open_binary, read_lines, sha256_file
 from mt.idcache import EncodedSplit, load_ids, save_ids  # noqa: F401  (the id cache, named here as before)
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,17 @@ def _check_languages(cfg: DataConfig) -> None:
                               f"supported: {', '.join(MULTI30K_LANGS)}")
 
 
-def input_sums(cfg: DataConfig) -> dict[str, str]:
+def input_sums(cfg: DataConfig, known: Optional[KnownSums] = None) -> dict[str, str]:
     """SHA-256 of every input file by role ('train.src', 'test.NAME.trg', ...), downloading
-    nothing: a corpus file's sum is the pinned one that `resolve_files` enforces."""
+    nothing: a corpus file's sum is the pinned one that `resolve_files` enforces. With `known`,
+    a file of unchanged size and mtime is not read again (see `files.KnownSums`)."""
+    known = known or KnownSums({})
     sums = {}
     for role, split in _plan(cfg).items():
         pair = split.given or split.corpus_names(cfg)
         for side in ("src", "trg"):
             name = getattr(pair, side)
-            sums[f"{role}.{side}"] = sha256_file(name) if split.given else MULTI30K_SHA256[name]
+            sums[f"{role}.{side}"] = known.sha256(name) if split.given else MULTI30K_SHA256[name]
     return sums
 
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import IO, Iterator
@@ -162,3 +163,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class KnownSums:
+    """SHA-256 of files, re-using the sum recorded for a file whose size and mtime are unchanged.
+
+    The rule is make's and rsync's: a file of the same size and modification time (to the
+    nanosecond) is taken to hold the same bytes, so it is not read again; any write that changes
+    the size or the mtime is noticed. A file rewritten with its mtime set back to the recorded
+    one is not. `known` maps a resolved path to {"size", "mtime_ns", "sha256"}; `now` holds the
+    entries of the files summed since, the record to keep."""
+
+    SETTLE_NS = 2_000_000_000  # a file modified this recently may change again within its mtime's tick
+
+    def __init__(self, known: dict):
+        self.known = known
+        self.now: dict[str, dict] = {}
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        resolved = Path(path).resolve()
+        if not resolved.is_file():
+            raise MtError(f"{path}: {not_a_file(resolved)}")
+        info = resolved.stat()
+        entry = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        old = self.known.get(str(resolved))
+        if isinstance(old, dict) and {k: old.get(k) for k in entry} == entry and isinstance(old.get("sha256"), str):
+            self.now[str(resolved)] = old
+            return old["sha256"]
+        digest = sha256_file(resolved)
+        if time.time_ns() - info.st_mtime_ns > self.SETTLE_NS:  # racy otherwise: not recorded, summed again next time
+            self.now[str(resolved)] = {**entry, "sha256": digest}
+        return digest
