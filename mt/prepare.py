@@ -93,7 +93,8 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     if run_dir.exists() and not run_dir.is_dir():
         raise MtError(f"run_dir: {run_dir} is a file, not a folder")
     files = resolve_files(cfg.data)
-    known = KnownSums(rundir.read_input_sums(run_dir))
+    recorded = rundir.read_input_sums(run_dir)
+    known = KnownSums({} if force else recorded)  # --force reads every file again
     sums = input_sums(cfg.data, known)
     key = prepare_key(cfg, sums)
     prepared = Prepared(run_dir, files)
@@ -108,7 +109,7 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
         outputs = _make_outputs(cfg, files)
         _write(cfg, prepared, outputs, sums, key)
         log.info("prepared %s in %.1f s", run_dir, time.monotonic() - start)
-    if known.now != known.known:
+    if force or known.now != recorded:
         rundir.write_input_sums(run_dir, known.now)
     return prepared
 
