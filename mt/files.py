@@ -174,8 +174,6 @@ class KnownSums:
     one is not. `known` maps a resolved path to {"size", "mtime_ns", "sha256"}; `now` holds the
     entries of the files summed since, the record to keep."""
 
-    SETTLE_NS = 2_000_000_000  # a file modified this recently may change again within its mtime's tick
-
     def __init__(self, known: dict):
         self.known = known
         self.now: dict[str, dict] = {}
@@ -184,6 +182,7 @@ class KnownSums:
         resolved = Path(path).resolve()
         if not resolved.is_file():
             raise MtError(f"{path}: {not_a_file(resolved)}")
+        stat_ns = time.time_ns()  # any write after this gives the file a later mtime, once a tick is past
         info = resolved.stat()
         entry = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         old = self.known.get(str(resolved))
@@ -191,6 +190,16 @@ class KnownSums:
             self.now[str(resolved)] = old
             return old["sha256"]
         digest = sha256_file(resolved)
-        if time.time_ns() - info.st_mtime_ns > self.SETTLE_NS:  # racy otherwise: not recorded, summed again next time
+        if _settled(info.st_mtime_ns, stat_ns):  # otherwise not recorded: summed again next time
             self.now[str(resolved)] = {**entry, "sha256": digest}
         return digest
+
+
+def _settled(mtime_ns: int, stat_ns: int) -> bool:
+    """Whether a file last modified at `mtime_ns` and looked at at `stat_ns` could not have been
+    modified since without its mtime changing: its mtime was more than one tick of its file
+    system's clock old (git's "racily clean" entries).
+    Whole seconds suggest a coarse clock (FAT keeps 2 s, HFS+ 1 s); ext4, XFS or btrfs keep
+    nanoseconds and tick in milliseconds."""
+    tick_ns = 2_000_000_000 if mtime_ns % 1_000_000_000 == 0 else 100_000_000
+    return stat_ns - mtime_ns > tick_ns

@@ -189,6 +189,32 @@ def main() -> None:
               f"{r['spm_train_s']:.1f} | {r['spm_train_mb']:.0f} | {r['spm_encode_s']:.1f} | "
               f"{r['prepare_vs_spm']:.2f} | {r['train_start_s']:.2f} | {r['train_data_s']:.2f} | {r['train_start_mb']:.0f} | "
               f"{r['train_above_baseline_mb']:.0f} |")
+    print_targets(rows)
+
+
+def print_targets(rows: list[dict]) -> None:
+    """Issue 17's targets, checked at the largest size measured (the issue's: 5M pairs), and
+    flatness between the two largest sizes (the issue's: 1M to 5M)."""
+    top = rows[-1]
+    n = f"{top['pairs']:,} pairs"
+    checks = [
+        (f"prepare within 1.3x of SentencePiece train + encode at {n}", f"{top['prepare_vs_spm']:.2f}x",
+         top["prepare_vs_spm"] <= 1.3),
+        (f"prepare memory within SentencePiece training's + 1 GB at {n}",
+         f"{top['prepare_mb']:.0f} MB vs {top['spm_train_mb']:.0f} + 1024 MB", top["prepare_mb"] <= top["spm_train_mb"] + 1024),
+        (f"train start-up under 3 s at {n}", f"{top['train_start_s']:.2f} s", top["train_start_s"] < 3),
+        (f"train start-up under 500 MB above the {BASELINE_PAIRS:,}-pair run's at {n}",
+         f"{top['train_above_baseline_mb']:.0f} MB", top["train_above_baseline_mb"] < 500),
+    ]
+    if len(rows) > 1:
+        low = rows[-2]
+        span = f"from {low['pairs']:,} to {top['pairs']:,} pairs"
+        for key, what in (("prepare_mb", "prepare memory"), ("train_start_s", "train start-up time"),
+                          ("train_start_mb", "train start-up memory")):
+            ratio = top[key] / low[key]
+            checks.append((f"{what} flat (within 20%) {span}", f"{ratio:.2f}x", ratio <= 1.2))
+    for target, got, met in checks:
+        print(f"target: {target}: {got}: {'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":
