@@ -158,6 +158,21 @@ class Weights:
             raise MtError(f"mt export: parameters it does not know how to convert: {', '.join(unused[:5])}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """Where one side of mt's model keeps its parameters (model.py names)."""
+
+    embed: str
+    layers: str
+    self_res: str  # the residual block around self-attention, whose norm CTranslate2 puts in self_attention
+    final_norm: str  # pre-norm only
+    cross_attention: bool
+
+
+ENCODER = Stack("src_embed", "encoder_layers", "attn_res", "encoder_norm", cross_attention=False)
+DECODER = Stack("trg_embed", "decoder_layers", "self_res", "decoder_norm", cross_attention=True)
+
+
 def build_spec(specs, loaded: Loaded):
     """The CTranslate2 TransformerSpec of `loaded.model`, weights filled in."""
     m, model = loaded.cfg.model, loaded.model
@@ -167,14 +182,30 @@ def build_spec(specs, loaded: Loaded):
     decoder = specs.TransformerDecoderSpec(m.decoder_layers, m.heads, pre_norm=pre_norm, activation=activation)
     spec = specs.TransformerSpec(encoder, decoder)
     weights = Weights(model)
-    set_encoder(spec.encoder, weights, m.positions, pre_norm)
-    set_decoder(spec.decoder, weights, m.positions, pre_norm)
+    set_stack(spec.encoder, weights, ENCODER, m.positions, pre_norm)
+    set_stack(spec.decoder, weights, DECODER, m.positions, pre_norm)
+    spec.decoder.projection.weight = weights("output.weight")  # no bias, as in mt
     weights.check_all_used(model)
     set_config(spec.config, loaded)
     tokenizer = loaded.tokenizer
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.trg_pieces(range(tokenizer.trg_vocab_size)))
     return spec
+
+
+def set_stack(spec, weights: Weights, stack: Stack, positions: str, pre_norm: bool) -> None:
+    """Encoder or decoder: embeddings, then each layer's self-attention, cross-attention
+    (decoder), feed-forward block, then the final norm of a pre-norm model."""
+    set_embeddings(spec, weights, stack.embed, positions)
+    for i, layer in enumerate(spec.layer):
+        scope = f"{stack.layers}.{i}"
+        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
+        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.{stack.self_res}.norm")
+        if stack.cross_attention:
+            set_cross_attention(layer.attention, weights, scope)
+        set_ffn(layer.ffn, weights, scope)
+    if pre_norm:
+        set_norm(spec.layer_norm, weights, stack.final_norm)
 
 
 def set_embeddings(spec, weights: Weights, side: str, positions: str) -> None:
@@ -186,31 +217,11 @@ def set_embeddings(spec, weights: Weights, side: str, positions: str) -> None:
     spec.position_encodings.encodings = weights(table)
 
 
-def set_encoder(spec, weights: Weights, positions: str, pre_norm: bool) -> None:
-    set_embeddings(spec, weights, "src_embed", positions)
-    for i, layer in enumerate(spec.layer):
-        scope = f"encoder_layers.{i}"
-        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
-        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.attn_res.norm")
-        set_ffn(layer.ffn, weights, scope)
-    if pre_norm:
-        set_norm(spec.layer_norm, weights, "encoder_norm")
-
-
-def set_decoder(spec, weights: Weights, positions: str, pre_norm: bool) -> None:
-    set_embeddings(spec, weights, "trg_embed", positions)
-    for i, layer in enumerate(spec.layer):
-        scope = f"decoder_layers.{i}"
-        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
-        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.self_res.norm")
-        set_linear(layer.attention.linear[0], weights, f"{scope}.cross_attn.q_proj")
-        set_linear(layer.attention.linear[1], weights, f"{scope}.cross_attn.kv_proj")  # k rows, then v rows
-        set_linear(layer.attention.linear[2], weights, f"{scope}.cross_attn.out_proj")
-        set_norm(layer.attention.layer_norm, weights, f"{scope}.cross_res.norm")
-        set_ffn(layer.ffn, weights, scope)
-    if pre_norm:
-        set_norm(spec.layer_norm, weights, "decoder_norm")
-    spec.projection.weight = weights("output.weight")  # no bias, as in mt
+def set_cross_attention(spec, weights: Weights, scope: str) -> None:
+    set_linear(spec.linear[0], weights, f"{scope}.cross_attn.q_proj")
+    set_linear(spec.linear[1], weights, f"{scope}.cross_attn.kv_proj")  # k rows, then v rows, as CTranslate2 fuses them
+    set_linear(spec.linear[2], weights, f"{scope}.cross_attn.out_proj")
+    set_norm(spec.layer_norm, weights, f"{scope}.cross_res.norm")
 
 
 def set_self_attention(spec, weights: Weights, scope: str) -> None:
@@ -338,6 +349,8 @@ score / ((5 + n) / 6) ** alpha, n counting </s>), output length limit {a} * sour
 per sentence. CTranslate2 ranks finished hypotheses by score / n ** length_penalty instead, so
 the short call above can pick a different one of the same candidates; translate.py asks for all
 {beam} candidates and ranks them as mt does, and sends sentences with equal limits together.
-What still differs from mt, only on sentences whose search reaches the length limit: mt forces
-</s> there (and counts its log-probability), CTranslate2 stops without it.
+What still differs from mt: on sentences whose search reaches the length limit, mt forces </s>
+there (and counts its log-probability), CTranslate2 stops without it; and when more than {beam}
+hypotheses have finished by the time CTranslate2 stops, it keeps its {beam} best by score / n,
+which may leave out the one mt would choose.
 """

@@ -20,8 +20,10 @@ What it does to match mt (mt.translate and mt.search):
   - beam search keeps searching until `beam` hypotheses have finished (a non-zero length
     penalty turns off CTranslate2's early exit), returns them all with </s>, and the best is
     chosen by mt's GNMT normalisation: score / ((5 + n) / 6) ** alpha, n counting </s>.
-Left different: on a sentence whose search reaches its length limit, mt forces </s> and adds its
-log-probability; CTranslate2 stops the hypothesis without it.
+Left different (README.md of mt says more): on a sentence whose search reaches its length limit,
+mt forces </s> and adds its log-probability, CTranslate2 stops the hypothesis without it; and
+when more than `beam` hypotheses have finished by the time CTranslate2 stops, it returns only
+its `beam` best by score / n, so mt's choice may not be among those re-ranked here.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Result:
     score: float  # sum of log-probabilities, </s> included (mt's Hypothesis.score)
     normalized: float  # what mt ranks by: score / ((5 + n) / 6) ** alpha for beam search, score for greedy
     ended: bool  # False when the length limit stopped it (where mt would have forced </s>)
+    length: int  # n: output tokens, </s> included when it ended
 
 
 class ExportedModel:
@@ -74,7 +77,7 @@ class ExportedModel:
         if beam < 1:
             raise ValueError(f"beam {beam}: expected a whole number >= 1")
         sources = [self.pieces(line) for line in lines]
-        results = [Result("", 0.0, 0.0, True)] * len(lines)
+        results = [Result("", 0.0, 0.0, True, 0)] * len(lines)
         groups: dict[int, list[int]] = {}
         for i, pieces in enumerate(sources):
             if pieces:
@@ -101,7 +104,7 @@ class ExportedModel:
         ended = bool(tokens) and tokens[-1] == self.trg.id_to_piece(self.trg.eos_id())
         ids = [self.trg.piece_to_id(p) for p in tokens]
         ids = [i for i in ids if i not in (self.trg.pad_id(), self.trg.bos_id(), self.trg.eos_id())]
-        return Result(self.trg.decode(ids), raw, normalized, ended)
+        return Result(self.trg.decode(ids), raw, normalized, ended, len(tokens))
 
 
 def main() -> None:

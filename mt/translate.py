@@ -96,16 +96,27 @@ def _search(loaded: Loaded, sources: Sequence[Sequence[int]], beam: int, nbest: 
                            record_attention)
 
 
-def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
-    """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
-    limit = loaded.cfg.model.max_len - 1  # one position is the source EOS
+def max_source_pieces(loaded: Loaded) -> int:
+    """The most pieces of a source line the model takes: one position is the source EOS."""
+    return loaded.cfg.model.max_len - 1
+
+
+def source_ids(loaded: Loaded, lines: Sequence[str]) -> list[list[int]]:
+    """Piece ids per line, not cut to the model's maximum; whitespace-only lines give []."""
     cleaned = [line.replace("\0", " ").strip() for line in lines]
     encoded = loaded.tokenizer.encode_src(cleaned)
+    return [ids if text else [] for ids, text in zip(encoded, cleaned)]
+
+
+def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
+    """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
+    limit = max_source_pieces(loaded)
+    encoded = source_ids(loaded, lines)
     for k, ids in enumerate(encoded):
         if len(ids) > limit:
             log.warning("warning: line %d: %d pieces, cut to the model's maximum of %d", first_line + k, len(ids), limit)
             encoded[k] = ids[:limit]
-    return [ids if text else [] for ids, text in zip(encoded, cleaned)]
+    return encoded
 
 
 def translate_lines(loaded: Loaded, lines: Sequence[str], beam: Optional[int] = None, nbest: int = 1,
