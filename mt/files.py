@@ -47,8 +47,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if no_room(e):
-            raise MtError(f"{path}: cannot write: {no_room(e).strerror}") from None
+        full = no_room(e)
+        if full is not None:
+            raise MtError(f"{path}: cannot write: {full.strerror}") from None
         raise
     _fsync_dir(path.parent)
 

@@ -4,7 +4,8 @@ its own, exit 1, no traceback, nothing half-written left, and the run dir still 
 The disk is made "full" for real, without root: the child's file-size limit (`ulimit -f`,
 RLIMIT_FSIZE) makes any write past it fail with EFBIG, as ENOSPC would on a full disk (Python
 ignores SIGXFSZ, so the write fails instead of killing the process). mt handles both errnos
-(and EDQUOT) alike: files.NO_ROOM.
+(and EDQUOT) alike: files.NO_ROOM. ENOSPC itself is tested where the kernel lets a user mount
+a small tmpfs in namespaces of its own.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import fcntl
 import os
 import re
 import resource
+import shutil
 import struct
 import subprocess
 import sys
 import termios
 from pathlib import Path
+
+import pytest
 
 from conftest import error_line, make_toy_data, run_mt, toy_config
 
@@ -78,3 +82,26 @@ def test_a_tokenizer_that_does_not_fit_names_its_path_and_the_run_dir_stays_usab
     assert error_line(result) == f"{tmp_path / 'run/tokenizer/joint.model'}: cannot write: File too large"
     assert temporary_files(tmp_path / "run") == []
     run_mt("prepare", "--config", str(config))  # the run dir is still mt's: with room again, prepare works
+
+
+def test_a_checkpoint_on_a_full_filesystem_names_its_path(tmp_path):
+    """ENOSPC itself: checkpoints/ a 200 kB tmpfs, mounted in a user and mount namespace of the
+    child's own (`unshare -r -m`, no root needed where the kernel allows it; skipped elsewhere)."""
+    probe = subprocess.run(["unshare", "-r", "-m", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_path)],
+                           capture_output=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no unprivileged user and mount namespaces here (unshare -r -m)")
+    data = make_toy_data(tmp_path / "data", train=600, dev=20, test=20)
+    config = toy_config(tmp_path / "a.yaml", data, tmp_path / "run", training__max_steps=20,
+                        training__save_every=3, training__validate_every=1000, **TINY)
+    run_mt("prepare", "--config", str(config))
+    folder = tmp_path / "run/checkpoints"
+    folder.mkdir()
+    # the tmpfs lives as long as the namespace: list what the failed command left before leaving it
+    script = ('mount -t tmpfs -o size=200k tmpfs "$0" && "$@"; status=$?; echo left: $(ls -A "$0"); '
+              'exit $status')
+    result = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script, str(folder), sys.executable, "-m", "mt",
+                             "train", "--config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert error_line(result) == f"{folder / 'step_0000003.pt'}: cannot write: No space left on device"
+    assert result.stdout.strip() == "left:"  # nothing half-written in the full filesystem
