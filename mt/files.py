@@ -7,6 +7,7 @@ or a full disk leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -15,16 +16,20 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Optional
 
 from mt.errors import MtError
+
+# a write refused for want of room: the disk or the quota is full, or the file size limit (ulimit -f) is reached
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
 
-    On any exception the temporary file is removed and `path` is untouched.
+    On any exception the temporary file is removed and `path` is untouched; a disk found full
+    while the caller writes is an error naming `path`.
     """
     path = Path(path)
     try:
@@ -40,11 +45,26 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             _finish(lambda: os.fsync(f.fileno()), path)
         _finish(lambda: os.chmod(tmp, 0o666 & ~_umask()), path)  # mkstemp makes 0600: usual permissions
         _finish(lambda: os.replace(tmp, path), path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = no_room(e)
+        if full is not None:
+            raise MtError(f"{path}: cannot write: {full.strerror}") from None
         raise
     _fsync_dir(path.parent)
+
+
+def no_room(error: BaseException) -> Optional[OSError]:
+    """The disk-full (or file-size-limit) OSError behind `error`, if there is one: libraries that
+    write for us (torch.save) may raise an error of their own while handling it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in NO_ROOM:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _finish(step, path: Path) -> None:

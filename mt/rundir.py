@@ -59,8 +59,11 @@ def lock_file(run_dir: str | Path) -> Path:
 
 
 def unmake_if_bare(run_dir: str | Path) -> None:
-    """Remove a run dir that holds nothing but its lock and marker (a command refused at once)."""
+    """Remove a run dir that holds nothing but its lock and marker (a command refused at once);
+    one that holds anything more keeps its marker, so that mt may go on writing there."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        return
     for made in (lock_file(run_dir), marker_file(run_dir)):
         made.unlink(missing_ok=True)
     try:

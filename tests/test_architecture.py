@@ -32,7 +32,7 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0, "exported_translate": 0,
-    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1,
+    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1, "signals": 1,
     "config": 2, "idcache": 2,
     "data": 3, "tokenizer": 3, "device": 3, "model": 3,
     "rundir": 4, "batching": 4, "search": 4, "distributed": 4,

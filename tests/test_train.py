@@ -221,3 +221,27 @@ def test_the_progress_bar_counts_to_the_max_epochs_stop(tmp_path, small_data):
     # stderr is not a terminal here: plain progress lines, "step N/TOTAL ..."
     assert re.search(rf"^step \d+/{2 * per_epoch} ", result.stderr, re.M), result.stderr
     assert (tmp_path / f"run/checkpoints/step_{2 * per_epoch:07d}.pt").is_file()
+
+
+def test_a_changed_early_stopping_metric_starts_its_comparison_afresh(tmp_path, small_data):
+    """A best BLEU is no bar for a loss: resumed with another training.early_stopping.metric, the
+    comparison starts afresh with a note, and best.pt is replaced at the next validation (not
+    every validation "worse" than a number of another kind, an early stop, a stale best.pt)."""
+    def train(metric: str, steps: int, patience: int = 2) -> str:
+        config = toy_config(tmp_path / f"{metric}.yaml", small_data, tmp_path / "run", training__max_steps=steps,
+                            training__early_stopping={"metric": metric, "patience": patience}, **TINY)
+        return run_mt("train", "--config", str(config)).stderr
+
+    train("bleu", 20, patience=0)
+    newest = tmp_path / "run/checkpoints/step_0000020.pt"
+    old = load_checkpoint(newest)  # as an older mt wrote it: which metric is only in its config
+    old["state"].pop("best_metric", None)
+    save_checkpoint(newest, old)
+    stderr = train("loss", 30)
+    assert "training.early_stopping.metric changed from bleu to loss: the best so far and the patience count " \
+           "start afresh" in stderr
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert best["step"] > 20 and best["state"]["best_metric"] == "loss"
+    assert "training.early_stopping.metric changed from loss to bleu" in train("bleu", 40)
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert best["step"] > 30 and best["state"]["best_metric"] == "bleu"
