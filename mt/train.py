@@ -31,7 +31,7 @@ from mt.device import free_cached_memory, is_out_of_memory, resolve_device
 from mt.errors import Interrupted, MtError
 from mt.evaluate import score, score_test_sets
 from mt.loss import token_loss
-from mt.meter import Meter
+from mt.meter import SLOW_CHECK_STEPS, Meter, warn_if_slow
 from mt.model import attention_backends
 from mt.prepare import prepare
 from mt.run import Run, State, check_run_dir, count_parameters, make_run, resume
@@ -89,7 +89,7 @@ def loop(run: Run, state: State) -> State:
     bar = tqdm(total=planned_steps(run), initial=state.step, disable=not run.is_main or not sys.stderr.isatty(),
                dynamic_ncols=True, unit="step", desc="train")
     meter = Meter(run.raw_model, run.device, run.dist.world)
-    start = time.monotonic()
+    start, first_step = time.monotonic(), state.step
     run.model.train()
     while not should_stop(run, state, start):
         group = [next(batches) for _ in range(t.update_freq)]
@@ -98,6 +98,8 @@ def loop(run: Run, state: State) -> State:
         meter.add(loss, [batch for _, batch in group])
         bar.update(1)
         preview(run, state, meter, bar)
+        if run.is_main and loss is not None and state.step == first_step + SLOW_CHECK_STEPS:
+            warn_if_slow(run.cfg, run.device, planned_steps(run), state.step, (time.monotonic() - start) / SLOW_CHECK_STEPS)
         # with update_freq > 1 an epoch can end inside the group
         epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)

@@ -221,3 +221,18 @@ def test_the_progress_bar_counts_to_the_max_epochs_stop(tmp_path, small_data):
     # stderr is not a terminal here: plain progress lines, "step N/TOTAL ..."
     assert re.search(rf"^step \d+/{2 * per_epoch} ", result.stderr, re.M), result.stderr
     assert (tmp_path / f"run/checkpoints/step_{2 * per_epoch:07d}.pt").is_file()
+
+
+def test_a_cpu_run_hours_from_its_stop_says_so_once(tmp_path, small_data):
+    config = toy_config(tmp_path / "slow.yaml", small_data, tmp_path / "slow", training__max_steps=10**9, **TINY)
+    process = subprocess.Popen([sys.executable, "-m", "mt", "train", "--config", str(config), "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # read until the estimate appears, or 30 steps passed without it
+        lines.append(line)
+        if "hours away" in line or line.startswith("step 30/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    process.communicate()
+    [warning] = [line for line in lines if "hours away" in line]
+    assert "configs/multi30k_de_en_cpu.yaml" in warning
