@@ -280,8 +280,8 @@ def maybe_validate(run: Run, state: State, epoch_ended: bool) -> None:
             best = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved())
             save_checkpoint(rundir.named_checkpoint(run.run_dir, "best"), best)
     if run.is_main:
-        tqdm.write(f"step {state.step}: dev loss {result['dev_loss']:.3f}, ppl {result['dev_ppl']:.2f}, "
-                   f"BLEU {result['dev_bleu']:.2f}{' (best)' if improved else ''}")
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f%s", state.step, result["dev_loss"], result["dev_ppl"],
+                 result["dev_bleu"], " (best)" if improved else "")  # stderr and train.log; stdout holds results
         log.debug("validation at step %d: %s", state.step, result)
         record(run, state, {"step": state.step, "epoch": state.position.epoch, **result})
 

@@ -236,3 +236,12 @@ def test_a_cpu_run_hours_from_its_stop_says_so_once(tmp_path, small_data):
     process.communicate()
     [warning] = [line for line in lines if "hours away" in line]
     assert "configs/multi30k_de_en_cpu.yaml" in warning
+
+
+def test_validation_lines_go_to_stderr_and_train_log_and_stdout_holds_only_the_scores(tmp_path, small_data):
+    config = toy_config(tmp_path / "v.yaml", small_data, tmp_path / "run", training__max_steps=10, **TINY)
+    result = run_mt("train", "--config", str(config))
+    assert re.search(r"^step 10: dev loss [\d.]+, ppl [\d.]+, BLEU [\d.]+", result.stderr, re.M), result.stderr
+    assert "step 10: dev loss" in (tmp_path / "run/train.log").read_text(encoding="utf-8")
+    assert "dev loss" not in result.stdout
+    assert result.stdout.splitlines()[0].split() == ["test", "set", "lines", "BLEU", "chrF"]
