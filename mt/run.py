@@ -124,7 +124,7 @@ def check_run_dir(cfg: Config, run_dir: Path, restart: bool,
         if old.get(section) != new[section]:
             diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]]
             raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
-                          "differ): set run_dir to a new folder, or use the original config to continue"
+                          f"differ{'s' if len(diff) == 1 else ''}): set run_dir to a new folder, or use the original config to continue"
                           + way_out)
 
 

@@ -118,6 +118,7 @@ def test_prepare_refuses_to_retokenize_a_trained_run(tmp_path, small_data):
     before = {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())}
     result = run_mt("prepare", "--config", str(config), "--set", "tokenizer.vocab_size=60", check=False)
     assert result.returncode != 0 and "another tokenizer config" in result.stderr, result.stderr[-2000:]
+    assert "(tokenizer.vocab_size differs)" in result.stderr and "--restart" not in result.stderr  # prepare has none
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())} == before
     run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")  # its checkpoints still load
 
