@@ -102,5 +102,5 @@ def _instead(cfg: Config) -> str:
     if cfg.data.corpus == "multi30k":
         return (f"{cpu_config} is sized for a CPU: copy it and set data.src_lang, data.trg_lang and run_dir "
                 f"to {cfg.data.src_lang}, {cfg.data.trg_lang} and a new folder")
-    return (f"for a CPU, make the model smaller (as {cpu_config} does) or cap the run's time with "
-            "--set training.max_minutes=60")
+    return (f"for a CPU, lower training.max_steps, make the model smaller (as {cpu_config} does), or cap "
+            "the run's time with --set training.max_minutes=60")

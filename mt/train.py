@@ -98,11 +98,11 @@ def loop(run: Run, state: State) -> State:
         meter.add(loss, [batch for _, batch in group])
         bar.update(1)
         preview(run, state, meter, bar)
-        if run.is_main and loss is not None and state.step == first_step + SLOW_CHECK_STEPS:
-            warn_if_slow(run.cfg, run.device, planned_steps(run), state.step, (time.monotonic() - start) / SLOW_CHECK_STEPS)
         # with update_freq > 1 an epoch can end inside the group
         epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)
+        if run.is_main and loss is not None and state.step == first_step + SLOW_CHECK_STEPS:
+            warn_if_slow(run.cfg, run.device, planned_steps(run), state.step, (time.monotonic() - start) / SLOW_CHECK_STEPS)
         maybe_validate(run, state, epoch_ended)
         maybe_save(run, state)
     bar.close()
