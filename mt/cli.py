@@ -78,15 +78,16 @@ def _log_file(path: Path, enabled: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _writing(run_dir: Path) -> Iterator[None]:
-    """A command writing into `run_dir`: refused if mt did not make it; else run holding its lock
-    (rank 0 only under torchrun), after the marker is written and stale temp files removed."""
+def _writing(run_dir: Path, given_as: str = "run_dir") -> Iterator[None]:
+    """A command writing into `run_dir` (named by the config's run_dir or by --run-dir): refused if
+    mt did not make it; else run holding its lock (rank 0 only under torchrun), after the marker
+    is written and stale temp files removed."""
     from mt import lock, rundir
 
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    rundir.check_ours(run_dir)
+    rundir.check_ours(run_dir, given_as)
     fresh = not run_dir.exists()
     try:
         with lock.hold(rundir.lock_file(run_dir), lock.command_line()):
@@ -209,7 +210,7 @@ def eval_cmd(
     if src is not None:
         results = [evaluate.score_file(loaded, run_dir, src, ref, output, beam, batch_tokens)]
     else:
-        with _writing(run_dir):  # the hypotheses go into the run dir
+        with _writing(run_dir, "--run-dir"):  # the hypotheses go into the run dir
             results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
     show(results)
 
@@ -226,7 +227,7 @@ def average(
     from mt import rundir
 
     rundir.check_output("--output", output, rundir.records(run_dir))  # averaged.pt may be redone
-    with _writing(run_dir):
+    with _writing(run_dir, "--run-dir"):
         path = average_checkpoints(run_dir, last=last, output=output)
     typer.echo(str(path))
 

@@ -112,3 +112,11 @@ def test_readme_config_errors_are_what_mt_prints(tmp_path):
     for command, expected in samples:
         result = run_mt(*shlex.split(command), check=False, cwd=tmp_path)
         assert "error: " + error_line(result).replace(str(tmp_path), "/home/me/mt") == expected, command
+
+
+def test_a_folder_mt_did_not_make_is_refused_naming_the_option_that_gave_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    result = run_mt("average", "--run-dir", str(tmp_path), check=False)
+    assert result.returncode == 1 and error_line(result).endswith("give --run-dir a run dir that mt train made")
+    assert "run_dir" not in error_line(result).replace("--run-dir", "")  # mt average has no config key to set
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written there
