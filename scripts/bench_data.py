@@ -18,6 +18,7 @@ included); "above baseline" subtracts the same on a 10,000-pair corpus: torch an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -140,7 +141,7 @@ def child_train_start(config: str) -> dict:
 # ------------------------------------------------------------------------------ the table
 
 
-def bench_size(folder: Path, pairs: int, multi30k: Path, max_sentences: int) -> dict:
+def bench_size(folder: Path, pairs: int, multi30k: Path, max_sentences: int, keep: bool = False) -> dict:
     src, trg = make_corpus(folder, pairs, multi30k)
     run_dir = folder / f"run{pairs}"
     config = folder / f"bench{pairs}.yaml"
@@ -154,7 +155,7 @@ def bench_size(folder: Path, pairs: int, multi30k: Path, max_sentences: int) -> 
     _, _, start = run_child("train_start", str(config))
     row["train_start_s"], row["train_start_mb"] = start["seconds"], start["peak_mb"]
     row["train_data_s"] = start["data_seconds"]
-    for path in (src, trg):
+    for path in () if keep else (src, trg):
         path.unlink()  # keep the disk use to one corpus at a time (the cache stays for the start-up)
     return row
 
@@ -163,6 +164,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
     parser.add_argument("--max-sentences", type=int, default=1_000_000, help="tokenizer.max_sentences")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep the corpora and run dirs "
+                        "(to measure `mt train` start-up again later); default: a temporary folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
@@ -171,12 +174,14 @@ def main() -> None:
     multi30k = Path(os.environ.get("MT_DATA", "../shared/data/multi30k"))
     print(f"# {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        baseline = bench_size(Path(tmp), BASELINE_PAIRS, multi30k, args.max_sentences)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        baseline = bench_size(Path(tmp), BASELINE_PAIRS, multi30k, args.max_sentences, bool(args.keep))
         print(json.dumps(baseline), flush=True)
         rows = []
         for pairs in args.sizes:
-            row = bench_size(Path(tmp), pairs, multi30k, args.max_sentences)
+            row = bench_size(Path(tmp), pairs, multi30k, args.max_sentences, bool(args.keep))
             row["train_above_baseline_mb"] = row["train_start_mb"] - baseline["train_start_mb"]
             row["prepare_vs_spm"] = row["prepare_s"] / (row["spm_train_s"] + row["spm_encode_s"])
             rows.append(row)
