@@ -134,7 +134,7 @@ def check_run_dir(cfg: Config, run_dir: Path, restart: bool,
         diff = [k for k in keys if (old.get(section) or {}).get(k) != new[section][k]]
         if diff:
             raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
-                          "differ): set run_dir to a new folder, or use the original config to continue"
+                          f"differ{'s' if len(diff) == 1 else ''}): set run_dir to a new folder, or use the original config to continue"
                           + way_out)
 
 

@@ -289,17 +289,20 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
 # ----------------------------------------------------------------------------- ownership
 
 
-def check_ours(run_dir: str | Path) -> None:
+def check_ours(run_dir: str | Path, given_as: str = "run_dir") -> None:
     """Refuse a run dir that mt did not make: a file, or a non-empty folder without the marker
-    that is not a run of an older mt either. Reads only, so it runs before the lock is taken."""
+    that is not a run of an older mt either. Reads only, so it runs before the lock is taken.
+    `given_as`: the config key (run_dir) or the option (--run-dir) that named it, for the hint."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise MtError(f"run_dir: {run_dir} is a file, not a folder")
+        raise MtError(f"{given_as}: {run_dir} is a file, not a folder")
     if marker_file(run_dir).is_file() or not run_dir.is_dir() or _made_by_older_mt(run_dir):
         return
     if any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        way_out = ("set run_dir to a new or empty folder" if given_as == "run_dir"
+                   else f"give {given_as} a run dir that mt train made")
         raise MtError(f"{run_dir} is a folder that mt did not make (no {MARKER} in it, and it is not empty): "
-                      "mt writes and deletes only in its own run dirs; set run_dir to a new or empty folder")
+                      f"mt writes and deletes only in its own run dirs; {way_out}")
 
 
 def claim(run_dir: str | Path) -> None:

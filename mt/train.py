@@ -31,7 +31,7 @@ from mt.device import free_cached_memory, is_out_of_memory, resolve_device
 from mt.errors import Interrupted, MtError
 from mt.evaluate import score, score_test_sets
 from mt.loss import token_loss
-from mt.meter import Meter
+from mt.meter import SLOW_CHECK_STEPS, Meter, warn_if_slow
 from mt.model import attention_backends
 from mt.prepare import prepare
 from mt.run import Run, State, check_run_dir, count_parameters, make_run, resume
@@ -114,7 +114,7 @@ def steps(run: Run, state: State, batches, bar: tqdm) -> None:
     """Update after update until a limit, a signal or a failure says stop."""
     t = run.cfg.training
     meter = Meter(run.raw_model, run.device, run.dist.world)
-    start = time.monotonic()
+    start, first_step = time.monotonic(), state.step
     run.model.train()
     while not should_stop(run, state, start):
         group = [next(batches) for _ in range(t.update_freq)]
@@ -126,6 +126,8 @@ def steps(run: Run, state: State, batches, bar: tqdm) -> None:
         # with update_freq > 1 an epoch can end inside the group
         epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)
+        if run.is_main and loss is not None and state.step == first_step + SLOW_CHECK_STEPS:
+            warn_if_slow(run.cfg, run.device, planned_steps(run), state.step, (time.monotonic() - start) / SLOW_CHECK_STEPS)
         maybe_validate(run, state, epoch_ended)
         maybe_save(run, state)
 
@@ -302,8 +304,8 @@ def validate_and_record(run: Run, state: State) -> None:
             best = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved())
             save_checkpoint(rundir.named_checkpoint(run.run_dir, "best"), best)
     if run.is_main:
-        tqdm.write(f"step {state.step}: dev loss {result['dev_loss']:.3f}, ppl {result['dev_ppl']:.2f}, "
-                   f"BLEU {result['dev_bleu']:.2f}{' (best)' if improved else ''}")
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f%s", state.step, result["dev_loss"], result["dev_ppl"],
+                 result["dev_bleu"], " (best)" if improved else "")  # stderr and train.log; stdout holds results
         log.debug("validation at step %d: %s", state.step, result)
         record(run, state, {"step": state.step, "epoch": state.position.epoch, **result})
 
