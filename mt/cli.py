@@ -122,7 +122,7 @@ def prepare(
     with _writing(Path(cfg.run_dir)):
         # never re-tokenize a trained run's data; `mt prepare` has no --restart to offer
         check_run_dir(cfg, Path(cfg.run_dir), restart=False, way_out="")
-        if force and rundir.step_checkpoints(cfg.run_dir):
+        if force and rundir.has_checkpoints(cfg.run_dir):
             raise MtError(f"{cfg.run_dir} holds checkpoints: --force would re-tokenize the data they were trained "
                           "on; set run_dir to a new folder to prepare afresh")
         run_prepare(cfg, force=force)

@@ -123,6 +123,22 @@ def test_prepare_refuses_to_retokenize_a_trained_run(tmp_path, small_data):
     run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")  # its checkpoints still load
 
 
+def test_a_run_holding_only_best_pt_keeps_its_tokenizer_too(tmp_path, small_data):
+    """Step checkpoints deleted to save disk: best.pt still ties the run's tokenizer."""
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2,
+                        **{**TINY, "training__validate_every": 2})
+    run_mt("train", "--config", str(config))
+    for step in (tmp_path / "run/checkpoints").glob("step_*.pt"):
+        step.unlink()
+    assert (tmp_path / "run/checkpoints/best.pt").is_file()
+    before = {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())}
+    for change in (["--force"], ["--set", "tokenizer.vocab_size=60"]):
+        result = run_mt("prepare", "--config", str(config), *change, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())} == before
+    run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")
+
+
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_an_error(tmp_path, small_data):
     config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2, **TINY)
     run_mt("train", "--config", str(config))
