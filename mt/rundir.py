@@ -49,6 +49,7 @@ MARKER = ".mt-run"
 LOCK = ".mt-lock"
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+EVAL_FILE = re.compile(r".+\.beam\d+\.txt$")  # what eval_output names
 
 
 def lock_file(run_dir: str | Path) -> Path:
@@ -192,22 +193,47 @@ def write_metrics(run_dir: str | Path, rows: list[dict]) -> None:
 
 
 def clear_training(run_dir: str | Path) -> None:
-    """Remove everything training wrote (checkpoints, metrics.jsonl, train.log, eval/, curves),
-    for `mt train --restart`. A symlinked checkpoints/ keeps its link and loses its contents.
-    Whatever cannot be removed stops the restart with an error naming it: never half a restart."""
+    """Remove everything training wrote (mt's checkpoints, metrics.jsonl, train.log, mt's
+    hypotheses in eval/, curves.png), for `mt train --restart`. In checkpoints/ and eval/ (a
+    symlinked one too: the link stays) only the files mt names so are removed; anything else is
+    left, with a note naming it. Whatever cannot be removed stops the restart with an error
+    naming it: never half a restart."""
     folder = checkpoint_dir(run_dir)
     try:
-        if folder.is_symlink():
-            for entry in folder.iterdir():
-                _remove(entry)
-        elif folder.exists():
-            _remove(folder)
-        for path in (metrics_file(run_dir), train_log(run_dir), eval_dir(run_dir), curves_file(run_dir)):
+        left = _clear_own_files(folder, _is_checkpoint_name) + _clear_own_files(eval_dir(run_dir), _is_eval_name)
+        for path in (metrics_file(run_dir), train_log(run_dir), curves_file(run_dir)):
             if path.exists() or path.is_symlink():
                 _remove(path)
     except OSError as e:
         raise MtError(f"--restart: cannot remove {e.filename or folder} ({e.strerror or e}); nothing was "
                       "trained: fix it (or remove it yourself) and run again") from None
+    if left:
+        log.info("note: --restart left what mt did not make: %s", ", ".join(map(str, left)))
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    return bool(STEP_FILE.fullmatch(name)) or name in ("best.pt", "averaged.pt")
+
+
+def _is_eval_name(name: str) -> bool:
+    return bool(EVAL_FILE.fullmatch(name))
+
+
+def _clear_own_files(folder: Path, ours) -> list[Path]:
+    """Remove the files in `folder` that mt names so (and its temp files); returns the entries
+    left. A plain folder left empty is removed too."""
+    if not (folder.exists() or folder.is_symlink()):
+        return []
+    left = []
+    for entry in sorted(folder.iterdir()):
+        mine = ours(entry.name) or TEMP_FILE.match(entry.name)
+        if mine and (entry.is_symlink() or not entry.is_dir()):
+            entry.unlink()
+        else:
+            left.append(entry)
+    if not left and not folder.is_symlink():
+        folder.rmdir()
+    return left
 
 
 def _remove(path: Path) -> None:

@@ -189,3 +189,32 @@ def test_average_refuses_checkpoints_of_another_tokenizer_naming_them(toy_run, t
     assert result.returncode == 1
     assert f"{newest.name} were trained with another tokenizer" in error_line(result)
     assert not (run_dir / "checkpoints" / "averaged.pt").exists()
+
+
+def test_restart_removes_only_what_mt_made_in_checkpoints_and_eval_and_names_the_rest(tmp_path, caplog):
+    from mt import rundir
+
+    run_dir, shared = tmp_path / "run", tmp_path / "big-disk" / "ckpts"
+    (run_dir / "eval").mkdir(parents=True)
+    (shared / "other_run").mkdir(parents=True)
+    (shared / "other_run" / "best.pt").write_bytes(b"another run's weights")
+    (shared / "precious.txt").write_text("my notes\n", encoding="utf-8")
+    for name in ("step_0000100.pt", "best.pt", "averaged.pt", ".best.pt.abcd1234.tmp"):
+        (shared / name).write_bytes(b"weights")
+    (run_dir / "checkpoints").symlink_to(shared)
+    (run_dir / "eval" / "test.best.beam5.txt").write_text("a hypothesis\n", encoding="utf-8")
+    (run_dir / "eval" / "my_analysis.ods").write_bytes(b"spreadsheet")
+    with caplog.at_level("INFO"):
+        rundir.clear_training(run_dir)
+    assert (run_dir / "checkpoints").is_symlink()
+    assert sorted(p.name for p in shared.iterdir()) == ["other_run", "precious.txt"]
+    assert (shared / "other_run" / "best.pt").read_bytes() == b"another run's weights"
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == ["my_analysis.ods"]
+    assert "other_run" in caplog.text and "precious.txt" in caplog.text and "my_analysis.ods" in caplog.text
+
+    plain = tmp_path / "plain"
+    (plain / "checkpoints" / "my_export").mkdir(parents=True)
+    (plain / "checkpoints" / "notes.txt").write_text("notes\n", encoding="utf-8")
+    (plain / "checkpoints" / "step_0000002.pt").write_bytes(b"weights")
+    rundir.clear_training(plain)
+    assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["my_export", "notes.txt"]
