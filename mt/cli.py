@@ -282,11 +282,11 @@ def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: O
                       "alone for the config's test sets)")
     if (src is None) != (ref is None):
         raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
-    from mt import rundir
+    from mt import outputs, rundir
 
     if output is not None and src is None:
         raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
-    rundir.check_output("--output", output, [src, ref, *rundir.records(run_dir)])
+    outputs.check_output("--output", output, run_dir, "hypotheses", [src, ref])
 
 
 @app.command(epilog=_examples('mt average --run-dir runs/multi30k_de_en --last 5'))
@@ -298,9 +298,9 @@ def average(
     """Average the parameters of the last M checkpoints into one that translate and eval accept."""
     from mt.checkpoint import average_checkpoints
 
-    from mt import rundir
+    from mt import outputs
 
-    rundir.check_output("--output", output, rundir.records(run_dir))  # averaged.pt may be redone
+    outputs.check_output("--output", output, run_dir, "checkpoint")  # averaged.pt may be redone
     with _writing(run_dir):
         path = average_checkpoints(run_dir, last=last, output=output)
     typer.echo(str(path))
@@ -337,10 +337,10 @@ def plot(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
 ) -> None:
     """Draw training loss, validation loss and validation BLEU against steps."""
-    from mt import rundir
+    from mt import outputs
     from mt.plot import plot_curves
 
-    rundir.check_output("--output", output, rundir.records(run_dir))
+    outputs.check_output("--output", output, run_dir, "picture")
     typer.echo(str(plot_curves(run_dir, output)))
 
 

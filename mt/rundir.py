@@ -31,7 +31,7 @@ from typing import Optional
 from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
-from mt.files import read_lines, same_file, write_text
+from mt.files import read_lines, write_text
 from mt.idcache import cache_exists
 
 log = logging.getLogger(__name__)
@@ -141,16 +141,6 @@ def records(run_dir: str | Path) -> list[Path]:
     return [config_file(run_dir), manifest_file(run_dir), metrics_file(run_dir), train_log(run_dir),
             marker_file(run_dir), lock_file(run_dir), ids_file(run_dir, "train"), ids_file(run_dir, "dev"),
             *models, *step_checkpoints(run_dir), named_checkpoint(run_dir, "best")]
-
-
-def check_output(option: str, output: Optional[Path], keep: list[Path]) -> None:
-    """Refuse an output path that names one of the files in `keep` (an input, a run's record)."""
-    if output is None:
-        return
-    for path in keep:
-        if path is not None and same_file(output, path):
-            raise MtError(f"{option} {output}: that is {path}, which this command must not overwrite; "
-                          "choose another file")
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl
