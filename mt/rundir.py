@@ -251,11 +251,12 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
     write_text(manifest_file(run_dir), json.dumps(manifest, indent=2) + "\n")
 
 
-def outputs_exist(run_dir: str | Path, manifest: dict) -> bool:
-    """Whether every file prepare makes is there: config, id caches, tokenizer models."""
+def outputs_exist(run_dir: str | Path, manifest: dict, caches: bool = True) -> bool:
+    """Whether every file prepare makes is there: config, tokenizer models, id caches (unless
+    `caches` is false)."""
     models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
     return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
-            and all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev")))
+            and (not caches or all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev"))))
 
 
 def recorded_files(run_dir: str | Path) -> ResolvedData:

@@ -4,6 +4,7 @@ no output option that overwrites an input or a run's records, nothing half-writt
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,22 @@ def test_restart_removes_only_what_mt_made_in_checkpoints_and_eval_and_names_the
     (plain / "checkpoints" / "step_0000002.pt").write_bytes(b"weights")
     rundir.clear_training(plain)
     assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["my_export", "notes.txt"]
+
+
+def test_a_damaged_id_cache_is_encoded_again_with_the_runs_own_tokenizer(toy):
+    assert toy.mt("prepare").returncode == 0
+    model = toy.run_dir / "tokenizer" / "joint.model"
+    before = model.read_bytes()
+    tokens = toy.run_dir / "cache" / "train" / "src.tokens"
+    tokens.write_bytes(b"hypotheses an --output wrote over the cache\n")
+    shutil.rmtree(toy.run_dir / "cache" / "dev")
+    from mt.errors import MtError
+    from mt.idcache import load_ids
+
+    with pytest.raises(MtError, match="run mt prepare with the run's config: it encodes the cache again"):
+        load_ids(tokens.parent)
+    result = toy.mt("prepare")  # what the error says to do; --force would retrain the tokenizer
+    assert result.returncode == 0, result.stderr
+    assert "encoding it again with the run's tokenizer" in result.stderr
+    assert model.read_bytes() == before
+    assert len(load_ids(tokens.parent).src) == 500 and len(load_ids(toy.run_dir / "cache" / "dev").src) > 0
