@@ -3,7 +3,8 @@
 An output is refused when it would overwrite an input or one of the run's records, when it lies
 inside the parts of a run dir that mt alone writes (cache/, tokenizer/, checkpoints/: apart from
 a new checkpoint of `mt average` there), or when it cannot be written (a folder, a folder that
-cannot be written in). An existing file is replaced only if it is what the command writes:
+cannot be written in). An existing file is replaced only if it is empty or what the command
+writes:
 
     picture     a PNG, PDF or SVG (mt plot, mt attention)
     checkpoint  a checkpoint mt saved (mt average)
@@ -94,6 +95,8 @@ def _is_kind(path: Path, kind: str, inputs: Sequence[Optional[Path]]) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
+        if not head:
+            return True  # an empty file loses nothing (`--output /dev/stdout > hyps.txt` makes one)
         if kind == "picture":
             return head.startswith(PICTURE_MAGIC) or b"<svg" in head
         if kind == "checkpoint":
