@@ -139,12 +139,13 @@ def resolve_checkpoint(run_dir: str | Path, name: str) -> Path:
     return Path(name)
 
 
-def check_identity(state: dict, tokenizer: Tokenizer, path: Path) -> None:
+def check_identity(state: dict, tokenizer: Tokenizer, path: Path,
+                   way_out: str = "use the run dir it came from") -> None:
     """A checkpoint only fits the tokenizer it was trained with: refuse any other."""
     mine, theirs = tokenizer.identity(), state.get("tokenizer")
     if theirs != mine:
         raise MtError(f"{path}: this checkpoint was trained with another tokenizer/vocabulary "
-                      f"(checkpoint: {theirs}, run dir: {mine}); use the run dir it came from")
+                      f"(checkpoint: {theirs}, run dir: {mine}); {way_out}")
 
 
 @dataclass

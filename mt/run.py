@@ -19,7 +19,7 @@ import torch
 
 from mt import distributed, rundir
 from mt.batching import BatchStream, Position, make_batches
-from mt.checkpoint import build_model, load_checkpoint, restore
+from mt.checkpoint import build_model, check_identity, load_checkpoint, restore
 from mt.config import Config, to_dict
 from mt.device import autocast, autocast_dtype
 from mt.errors import MtError
@@ -29,6 +29,10 @@ from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# data settings that only say where files are: a file moved, or a test set added, is the same run
+# (prepare checks the train and dev files' content against what the run was prepared from)
+DATA_RECORDS = ("data_dir", "train", "dev", "test")
 
 
 @dataclass
@@ -121,8 +125,9 @@ def check_run_dir(cfg: Config, run_dir: Path, restart: bool,
     old = load_checkpoint(steps[-1])["config"]
     new = to_dict(cfg)
     for section in ("data", "tokenizer", "model"):
-        if old.get(section) != new[section]:
-            diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]]
+        keys = [k for k in new[section] if section != "data" or k not in DATA_RECORDS]
+        diff = [k for k in keys if (old.get(section) or {}).get(k) != new[section][k]]
+        if diff:
             raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
                           "differ): set run_dir to a new folder, or use the original config to continue"
                           + way_out)
@@ -182,6 +187,8 @@ def resume(run: Run) -> State:
     if not steps:
         return State(metrics=metrics)
     ckpt = load_checkpoint(steps[-1], map_location=run.device)
+    check_identity(ckpt, run.tokenizer, steps[-1], way_out="its weights mean nothing with another vocabulary: "
+                   "set run_dir to a new folder, or pass --restart to start over in this folder")
     saved = restore(ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.dist.rank)
     state = State.from_saved(saved)
     if state.memory_skips >= run.cfg.training.max_bad_steps:

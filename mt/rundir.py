@@ -7,6 +7,8 @@
       cache/train/        ids of the filtered training pairs, mapped arrays (prepare; idcache.py)
       cache/dev/          ids of every dev pair, the same format         (prepare)
                           (runs prepared before: cache/train.npz, cache/dev.npz; still read)
+      cache/input_sums.json  SHA-256 of the user's input files by path, size and mtime, so an
+                          unchanged file is not read again at each start (prepare; files.KnownSums)
       checkpoints/        step_<N>.pt, best.pt, averaged.pt              (train, average)
       metrics.jsonl       one JSON object per log line or validation     (train; read by plot)
       train.log           the training log                               (the CLI, for train)
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
+INPUT_SUMS = "input_sums.json"
 TOKENIZER = "tokenizer"
 CACHE = "cache"
 CHECKPOINTS = "checkpoints"
@@ -87,6 +90,30 @@ def ids_file(run_dir: str | Path, split: str) -> Path:
     """The id cache folder of `split` (train or dev); `idcache.load_ids` reads the legacy
     `<split>.npz` beside it when the folder is not there."""
     return Path(run_dir) / CACHE / split
+
+
+def input_sums_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CACHE / INPUT_SUMS
+
+
+def read_input_sums(run_dir: str | Path) -> dict:
+    """The recorded sums of input files (see `files.KnownSums`); {} when missing or unreadable,
+    as it is only a cache: every file is then summed again."""
+    try:
+        known = json.loads(input_sums_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def write_input_sums(run_dir: str | Path, known: dict) -> None:
+    write_text(input_sums_file(run_dir), json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether any weights were trained in this run dir: from then on its tokenizer is theirs."""
+    return bool(step_checkpoints(run_dir)) or any(named_checkpoint(run_dir, name).is_file()
+                                                   for name in ("best", "averaged"))
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
