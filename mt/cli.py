@@ -224,9 +224,9 @@ def average(
     """Average the parameters of the last M checkpoints into one that translate and eval accept."""
     from mt.checkpoint import average_checkpoints
 
-    from mt import rundir
+    from mt import outputs
 
-    rundir.check_output("--output", output, rundir.records(run_dir))  # averaged.pt may be redone
+    outputs.check_output("--output", output, run_dir, "checkpoint")  # averaged.pt may be redone
     with _writing(run_dir, "--run-dir"):
         path = average_checkpoints(run_dir, last=last, output=output)
     typer.echo(str(path))
@@ -263,10 +263,10 @@ def plot(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
 ) -> None:
     """Draw training loss, validation loss and validation BLEU against steps."""
-    from mt import rundir
+    from mt import outputs
     from mt.plot import plot_curves
 
-    rundir.check_output("--output", output, rundir.records(run_dir))
+    outputs.check_output("--output", output, run_dir, "picture")
     typer.echo(str(plot_curves(run_dir, output)))
 
 

@@ -29,12 +29,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
 
     On any exception the temporary file is removed and `path` is untouched; a disk found full
-    while the caller writes is an error naming `path`.
+    while the caller writes is an error naming `path`. A symlink is followed: its target is
+    replaced and the link stays. An existing path that is not a regular file (/dev/null, a
+    FIFO, /dev/stdout's link to a pipe) is written in place: renaming over a device node would
+    replace it for every program on the machine.
     """
     path = Path(path)
+    if _special(path):
+        with _write_in_place(path, mode) as f:
+            yield f
+        return
+    target = _link_target(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as e:  # a folder that cannot be made or written to
         raise MtError(f"{path}: cannot write: {e.strerror or e}") from None
     try:
@@ -44,7 +52,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             _finish(f.flush, path)
             _finish(lambda: os.fsync(f.fileno()), path)
         _finish(lambda: os.chmod(tmp, 0o666 & ~_umask()), path)  # mkstemp makes 0600: usual permissions
-        _finish(lambda: os.replace(tmp, path), path)
+        _finish(lambda: os.replace(tmp, target), path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -52,7 +60,39 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         if full is not None:
             raise MtError(f"{path}: cannot write: {full.strerror}") from None
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(target.parent)
+
+
+def _special(path: Path) -> bool:
+    """Whether `path` (links followed) exists and is neither a regular file nor a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _link_target(path: Path) -> Path:
+    """The file a write to `path` should replace: `path` itself, or where its symlink(s) lead
+    (a link to a file not made yet leads to a new file in the target's folder)."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        raise MtError(f"{path}: cannot write: a symlink to {target}, whose folder does not exist")
+    return target
+
+
+@contextlib.contextmanager
+def _write_in_place(path: Path, mode: str) -> Iterator[IO]:
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        f = open(path, mode, encoding=encoding)
+    except OSError as e:
+        raise MtError(f"{path}: cannot write: {e.strerror or e}") from None
+    with f:
+        yield f
+        _finish(f.flush, path)
 
 
 def no_room(error: BaseException) -> Optional[OSError]:

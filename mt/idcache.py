@@ -224,7 +224,8 @@ def _load_npz(path: Path) -> EncodedSplit:
 
 
 def _unreadable(path: Path, why: str) -> MtError:
-    return MtError(f"{path}: unreadable id cache ({why}); run mt prepare --force")
+    return MtError(f"{path}: unreadable id cache ({why}); run mt prepare with the run's config: it encodes "
+                   "the cache again with the run's tokenizer")
 
 
 def cache_exists(path: str | os.PathLike) -> bool:

@@ -3,8 +3,8 @@ process ends, however it ends (exit, kill -9, a crash, a reboot).
 
 The lock is `flock` on a small file in the run dir. Its content names the owner (pid, host,
 command, since when) so that a second writer is told who holds the run dir. A file that still
-names an owner when the lock is free was left by a process that died: it is taken over with a
-note, never a manual step. Readers (translate, attention, serve) take no lock.
+names an owner when the lock is free was left by a process that died (or copied with its run
+dir): it is taken over with a note saying which, never a manual step. Readers (translate, attention, serve) take no lock.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def hold(lock_path: Path, command: str) -> Iterator[None]:
                           "wait for it to finish, or stop it first") from None
         left = read_owner(f)
         if left:
-            log.info("note: %s: taking over the lock left by %s, which is no longer running",
-                     lock_path.parent, describe(left))
+            log.info("note: %s: taking over the lock left by %s: %s", lock_path.parent, describe(left),
+                     why_free(left))
         write_owner(f, {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                         "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
         try:
@@ -76,6 +76,22 @@ def describe(owner: Optional[dict]) -> str:
         return "a process that did not say who it is"
     return (f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
             f"`{owner.get('command', '?')}`, since {owner.get('since', '?')}")
+
+
+def why_free(owner: dict) -> str:
+    """Why a lock file names an owner while its flock is free, saying only what is known: a pid
+    means something only on its own host, and a live one may hold another run dir's lock (this
+    file was copied with its run dir)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return "its lock is free (that process ended, or this lock file was copied from elsewhere)"
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return "that process is no longer running"
+    except OSError:  # alive, but another user's
+        pass
+    return ("that pid is running but does not hold this folder's lock (this lock file was copied "
+            "with the run dir, or the pid was reused)")
 
 
 def command_line() -> str:

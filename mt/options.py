@@ -89,8 +89,8 @@ def check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: Op
                       "alone for the config's test sets)")
     if (src is None) != (ref is None):
         raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
-    from mt import rundir
+    from mt import outputs, rundir
 
     if output is not None and src is None:
         raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
-    rundir.check_output("--output", output, [src, ref, *rundir.records(run_dir)])
+    outputs.check_output("--output", output, run_dir, "hypotheses", [src, ref])

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mt import rundir
+from mt.outputs import check_output_folder
 from mt.align import teacher_forced_attention
 from mt.checkpoint import Loaded, load_for_inference
 from mt.config import ModelConfig
@@ -117,6 +118,9 @@ def attention_command(run_dir: str | Path, lines: Sequence[str], output: str | P
     if kind not in KINDS:
         raise MtError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
     _figure_class()  # a missing matplotlib should stop us before the model loads
+    written = {f"{number:04d}.{ext}": kind for number, line in enumerate(lines, start=1) if line.strip()
+               for ext, kind in (("png", "picture"), ("json", "json")) if ext == "png" or as_json}
+    check_output_folder("--output", Path(output), Path(run_dir), written)
     loaded = load_for_inference(run_dir, checkpoint, device)
     selection = select(layer, head, kind, loaded.cfg.model)
     shown = checkpoint_label(loaded.path)

@@ -35,7 +35,7 @@ from mt.data import (PairFilter, ResolvedData, count_lines, input_sums, read_par
 from mt.errors import MtError
 from mt import rundir
 from mt.files import KnownSums, write_text
-from mt.idcache import IdCacheWriter
+from mt.idcache import IdCacheWriter, load_ids
 from mt.progress import Progress, Ticking
 from mt.tokenizer import Tokenizer, save_models, train_models
 
@@ -100,6 +100,7 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     prepared = Prepared(run_dir, files)
     manifest = None if force else _current_manifest(cfg, prepared, key, sums)
     if manifest is not None:
+        _reencode_damaged_caches(cfg, prepared)
         if _refresh_records(cfg, prepared, sums, key, manifest):
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
                      run_dir, prepared.config_path.name, prepared.manifest_path.name)
@@ -145,7 +146,7 @@ def _current_manifest(cfg: Config, prepared: Prepared, key: str, sums: dict[str,
     when the data and settings it records are these."""
     run_dir = prepared.run_dir
     manifest = rundir.read_manifest(run_dir)
-    if manifest is None or not rundir.outputs_exist(run_dir, manifest):
+    if manifest is None or not rundir.outputs_exist(run_dir, manifest, caches=False):  # a damaged cache is re-encoded
         return None
     if manifest.get("prepare_key") == key:
         return manifest
@@ -157,6 +158,30 @@ def _current_manifest(cfg: Config, prepared: Prepared, key: str, sums: dict[str,
                       "must stay theirs: set run_dir to a new folder, or run `mt train --restart` to start "
                       "this run over on the new data")
     return manifest
+
+
+def _reencode_damaged_caches(cfg: Config, prepared: Prepared) -> None:
+    """An id cache that is missing or unreadable (the inputs and the tokenizer unchanged) is
+    encoded again with the run's own tokenizer: its checkpoints stay usable."""
+    damaged = []
+    for split in ("train", "dev"):
+        try:
+            load_ids(rundir.ids_file(prepared.run_dir, split))
+        except MtError:
+            damaged.append(split)
+    if not damaged:
+        return
+    log.info("note: %s: the id cache of %s is missing or unreadable; encoding it again with the run's "
+             "tokenizer", prepared.run_dir, " and ".join(damaged))
+    tokenizer = Tokenizer.load(prepared.tokenizer_dir)
+    if "train" in damaged:
+        keep = _scan_train(cfg, prepared.files.train).keep
+        _encode_train(prepared, _Outputs(models={}, tokenizer=tokenizer, train_keep=keep, dev=[], counts={},
+                                         dropped={}))
+    if "dev" in damaged:
+        dev = read_parallel(prepared.files.dev.src, prepared.files.dev.trg)
+        save_ids(prepared.dev_ids, tokenizer.encode_src([src for src, _ in dev]),
+                 tokenizer.encode_trg([trg for _, trg in dev]))
 
 
 def _tokenizer_changes(cfg: Config, files: ResolvedData, manifest: dict, sums: dict[str, str]) -> list[str]:

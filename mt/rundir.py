@@ -33,7 +33,7 @@ from typing import Optional
 from mt.config import FilePair
 from mt.data import ResolvedData
 from mt.errors import MtError
-from mt.files import read_lines, same_file, write_text
+from mt.files import read_lines, write_text
 from mt.idcache import cache_exists
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ MARKER = ".mt-run"
 LOCK = ".mt-lock"
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+EVAL_FILE = re.compile(r".+\.beam\d+\.txt$")  # what eval_output names
 
 
 def lock_file(run_dir: str | Path) -> Path:
@@ -172,16 +173,6 @@ def records(run_dir: str | Path) -> list[Path]:
             *models, *step_checkpoints(run_dir), named_checkpoint(run_dir, "best")]
 
 
-def check_output(option: str, output: Optional[Path], keep: list[Path]) -> None:
-    """Refuse an output path that names one of the files in `keep` (an input, a run's record)."""
-    if output is None:
-        return
-    for path in keep:
-        if path is not None and same_file(output, path):
-            raise MtError(f"{option} {output}: that is {path}, which this command must not overwrite; "
-                          "choose another file")
-
-
 # ----------------------------------------------------------------------------- metrics.jsonl
 
 
@@ -222,22 +213,47 @@ def write_metrics(run_dir: str | Path, rows: list[dict]) -> None:
 
 
 def clear_training(run_dir: str | Path) -> None:
-    """Remove everything training wrote (checkpoints, metrics.jsonl, train.log, eval/, curves),
-    for `mt train --restart`. A symlinked checkpoints/ keeps its link and loses its contents.
-    Whatever cannot be removed stops the restart with an error naming it: never half a restart."""
+    """Remove everything training wrote (mt's checkpoints, metrics.jsonl, train.log, mt's
+    hypotheses in eval/, curves.png), for `mt train --restart`. In checkpoints/ and eval/ (a
+    symlinked one too: the link stays) only the files mt names so are removed; anything else is
+    left, with a note naming it. Whatever cannot be removed stops the restart with an error
+    naming it: never half a restart."""
     folder = checkpoint_dir(run_dir)
     try:
-        if folder.is_symlink():
-            for entry in folder.iterdir():
-                _remove(entry)
-        elif folder.exists():
-            _remove(folder)
-        for path in (metrics_file(run_dir), train_log(run_dir), eval_dir(run_dir), curves_file(run_dir)):
+        left = _clear_own_files(folder, _is_checkpoint_name) + _clear_own_files(eval_dir(run_dir), _is_eval_name)
+        for path in (metrics_file(run_dir), train_log(run_dir), curves_file(run_dir)):
             if path.exists() or path.is_symlink():
                 _remove(path)
     except OSError as e:
         raise MtError(f"--restart: cannot remove {e.filename or folder} ({e.strerror or e}); nothing was "
                       "trained: fix it (or remove it yourself) and run again") from None
+    if left:
+        log.info("note: --restart left what mt did not make: %s", ", ".join(map(str, left)))
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    return bool(STEP_FILE.fullmatch(name)) or name in ("best.pt", "averaged.pt")
+
+
+def _is_eval_name(name: str) -> bool:
+    return bool(EVAL_FILE.fullmatch(name))
+
+
+def _clear_own_files(folder: Path, ours) -> list[Path]:
+    """Remove the files in `folder` that mt names so (and its temp files); returns the entries
+    left. A plain folder left empty is removed too."""
+    if not (folder.exists() or folder.is_symlink()):
+        return []
+    left = []
+    for entry in sorted(folder.iterdir()):
+        mine = ours(entry.name) or TEMP_FILE.match(entry.name)
+        if mine and (entry.is_symlink() or not entry.is_dir()):
+            entry.unlink()
+        else:
+            left.append(entry)
+    if not left and not folder.is_symlink():
+        folder.rmdir()
+    return left
 
 
 def _remove(path: Path) -> None:
@@ -265,11 +281,12 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
     write_text(manifest_file(run_dir), json.dumps(manifest, indent=2) + "\n")
 
 
-def outputs_exist(run_dir: str | Path, manifest: dict) -> bool:
-    """Whether every file prepare makes is there: config, id caches, tokenizer models."""
+def outputs_exist(run_dir: str | Path, manifest: dict, caches: bool = True) -> bool:
+    """Whether every file prepare makes is there: config, tokenizer models, id caches (unless
+    `caches` is false)."""
     models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
     return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
-            and all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev")))
+            and (not caches or all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev"))))
 
 
 def recorded_files(run_dir: str | Path) -> ResolvedData:

@@ -236,7 +236,7 @@ def test_unreadable_id_cache_says_to_prepare_again(tmp_path, damage):
         (path / "src.offsets").write_bytes(np.array([0, 3, 9], dtype="<i8").tobytes())
     else:
         path = tmp_path / "dev"
-    with pytest.raises(MtError, match=rf"^{path}: unreadable id cache \(.+\); run mt prepare --force$"):
+    with pytest.raises(MtError, match=rf"^{path}: unreadable id cache \(.+\); run mt prepare with the run's config: it encodes the cache again with the run's tokenizer$"):
         load_ids(path)
 
 
@@ -245,7 +245,7 @@ def test_unreadable_id_cache_says_to_prepare_again(tmp_path, damage):
 def test_unreadable_legacy_id_cache_says_to_prepare_again(tmp_path, content):
     path = tmp_path / "train.npz"
     path.write_bytes(content)
-    with pytest.raises(MtError, match=rf"^{path}: unreadable id cache .*run mt prepare --force$"):
+    with pytest.raises(MtError, match=rf"^{path}: unreadable id cache .*run mt prepare with the run's config: it encodes the cache again"):
         load_ids(tmp_path / "train")
 
 

@@ -55,7 +55,20 @@ def test_the_lock_of_a_killed_process_is_taken_over_with_a_note(holder, caplog):
         with hold(lock, "mt train --config c.yaml"):
             assert f"\"pid\": {os.getpid()}" in lock.read_text()
     assert f"lock left by pid {process.pid}" in caplog.text
+    assert "that process is no longer running" in caplog.text
     assert lock.read_text() == ""  # released: empty means nobody holds it
+
+
+def test_a_copied_lock_file_of_a_running_owner_is_not_called_dead(holder, tmp_path, caplog):
+    process, lock = holder  # still running, holding tmp_path/run
+    copy = tmp_path / "copy" / ".mt-lock"
+    copy.parent.mkdir()
+    copy.write_text(lock.read_text())  # cp -r of a run dir being trained
+    with caplog.at_level(logging.INFO, logger="mt.lock"):
+        with hold(copy, "mt prepare --config c.yaml"):
+            pass
+    assert f"lock left by pid {process.pid}" in caplog.text
+    assert "no longer running" not in caplog.text and "copied" in caplog.text
 
 
 def test_released_after_the_body_even_when_it_raises(tmp_path):

@@ -196,6 +196,54 @@ def test_average_refuses_checkpoints_of_another_tokenizer_naming_them(toy_run, t
     assert not (run_dir / "checkpoints" / "averaged.pt").exists()
 
 
+def test_restart_removes_only_what_mt_made_in_checkpoints_and_eval_and_names_the_rest(tmp_path, caplog):
+    from mt import rundir
+
+    run_dir, shared = tmp_path / "run", tmp_path / "big-disk" / "ckpts"
+    (run_dir / "eval").mkdir(parents=True)
+    (shared / "other_run").mkdir(parents=True)
+    (shared / "other_run" / "best.pt").write_bytes(b"another run's weights")
+    (shared / "precious.txt").write_text("my notes\n", encoding="utf-8")
+    for name in ("step_0000100.pt", "best.pt", "averaged.pt", ".best.pt.abcd1234.tmp"):
+        (shared / name).write_bytes(b"weights")
+    (run_dir / "checkpoints").symlink_to(shared)
+    (run_dir / "eval" / "test.best.beam5.txt").write_text("a hypothesis\n", encoding="utf-8")
+    (run_dir / "eval" / "my_analysis.ods").write_bytes(b"spreadsheet")
+    with caplog.at_level("INFO"):
+        rundir.clear_training(run_dir)
+    assert (run_dir / "checkpoints").is_symlink()
+    assert sorted(p.name for p in shared.iterdir()) == ["other_run", "precious.txt"]
+    assert (shared / "other_run" / "best.pt").read_bytes() == b"another run's weights"
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == ["my_analysis.ods"]
+    assert "other_run" in caplog.text and "precious.txt" in caplog.text and "my_analysis.ods" in caplog.text
+
+    plain = tmp_path / "plain"
+    (plain / "checkpoints" / "my_export").mkdir(parents=True)
+    (plain / "checkpoints" / "notes.txt").write_text("notes\n", encoding="utf-8")
+    (plain / "checkpoints" / "step_0000002.pt").write_bytes(b"weights")
+    rundir.clear_training(plain)
+    assert sorted(p.name for p in (plain / "checkpoints").iterdir()) == ["my_export", "notes.txt"]
+
+
+def test_a_damaged_id_cache_is_encoded_again_with_the_runs_own_tokenizer(toy):
+    assert toy.mt("prepare").returncode == 0
+    model = toy.run_dir / "tokenizer" / "joint.model"
+    before = model.read_bytes()
+    tokens = toy.run_dir / "cache" / "train" / "src.tokens"
+    tokens.write_bytes(b"hypotheses an --output wrote over the cache\n")
+    shutil.rmtree(toy.run_dir / "cache" / "dev")
+    from mt.errors import MtError
+    from mt.idcache import load_ids
+
+    with pytest.raises(MtError, match="run mt prepare with the run's config: it encodes the cache again"):
+        load_ids(tokens.parent)
+    result = toy.mt("prepare")  # what the error says to do; --force would retrain the tokenizer
+    assert result.returncode == 0, result.stderr
+    assert "encoding it again with the run's tokenizer" in result.stderr
+    assert model.read_bytes() == before
+    assert len(load_ids(tokens.parent).src) == 500 and len(load_ids(toy.run_dir / "cache" / "dev").src) > 0
+
+
 # ----------------------------------------------------------------------------- the tokenizer belongs to the weights
 
 
