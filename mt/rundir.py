@@ -226,9 +226,46 @@ def read_manifest(run_dir: str | Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
+    return _check_manifest(path, manifest)
+
+
+def _check_manifest(path: Path, manifest: object) -> dict:
+    """The manifest, once the parts that mt takes apart have their shape: an edited file is an
+    error naming the key, not a traceback in whichever command reads it first. The rest
+    (versions, counts, the config) is only shown or compared, so any value will do."""
+    _expect(path, "", manifest, dict)
+    _key(path, _key(path, manifest, "tokenizer"), "tokenizer.models")
+    files = _key(path, manifest, "files")
+    pairs = {f"files.{split}": _key(path, files, f"files.{split}") for split in ("train", "dev")}
+    pairs.update({f"files.test.{name}": _expect(path, f"files.test.{name}", entry, dict)
+                  for name, entry in _key(path, files, "files.test").items()})
+    for name, pair in pairs.items():
+        for side in ("src", "trg"):
+            _key(path, _key(path, pair, f"{name}.{side}"), f"{name}.{side}.path", str)
+    return manifest
+
+
+_MISSING = object()
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _key(path: Path, parent: dict, dotted: str, kind: type = dict):
+    """`parent`'s value for the last part of `dotted` (the key's full name, for the message)."""
+    return _expect(path, dotted, parent.get(dotted.rsplit(".", 1)[-1], _MISSING), kind)
+
+
+def _expect(path: Path, key: str, value: object, kind: type):
+    if value is _MISSING:
+        raise MtError(f"{path}: missing key '{key}'; run mt prepare --force")
+    if not isinstance(value, kind):
+        where = f"key '{key}': " if key else ""
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise MtError(f"{path}: {where}expected {_JSON_NAMES[kind]}, got {got}; run mt prepare --force")
+    return value
 
 
 def write_manifest(run_dir: str | Path, manifest: dict) -> None:
