@@ -153,7 +153,8 @@ def make_stream(cfg: Config, run_dir: Path, tokenizer: Tokenizer, dist: distribu
                          cfg.model.max_len, rank=dist.rank, world=dist.world,
                          vocab_sizes=(tokenizer.src_vocab_size, tokenizer.trg_vocab_size))
     if stream.batches_per_epoch() == 0:
-        dist.close()  # every rank gets here: leave the process group together
+        dist.barrier()  # every rank gets here: none is stopped by the launcher before it says why
+        dist.close()
         raise MtError(f"the training data makes {len(stream.batches)} batch(es) of training.batch_tokens "
                       f"{cfg.training.batch_tokens}, fewer than the {dist.world} processes that each need one: "
                       "run fewer processes, or set a smaller training.batch_tokens")
@@ -209,9 +210,9 @@ def resume(run: Run) -> State:
     if saved_world(ckpt) != run.dist.world:
         state.position = resplit(state.position, saved_world(ckpt), run.dist.world)
         if run.is_main:
-            log.info("note: %s was trained by %d process(es), now %d: the epoch goes on from batch %d of its "
-                     "shared order", steps[-1].name, saved_world(ckpt), run.dist.world,
-                     state.position.batches_done * run.dist.world)
+            log.info("note: %s was trained by %d process(es), now %d: the data position is re-split "
+                     "(%d batches of epoch %d done)", steps[-1].name, saved_world(ckpt), run.dist.world,
+                     state.position.batches_done * run.dist.world, state.position.epoch)
     if state.memory_skips >= run.cfg.training.max_bad_steps:
         # saved when training stopped for them: a run with a smaller batch gets a fresh count
         state.memory_skips = 0

@@ -218,6 +218,11 @@ def _remove(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- manifest.json
+#
+# A manifest edited into another shape is an error naming the file and key, checked where each
+# part is read, not a traceback. Absent tokenizer models mean "not prepared", as before; a
+# `files` record of another shape is rewritten by the next prepare (as when the data moved),
+# so only the commands that read it without preparing (eval) stop at it.
 
 
 def read_manifest(run_dir: str | Path) -> Optional[dict]:
@@ -229,23 +234,7 @@ def read_manifest(run_dir: str | Path) -> Optional[dict]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
-    return _check_manifest(path, manifest)
-
-
-def _check_manifest(path: Path, manifest: object) -> dict:
-    """The manifest, once the parts that mt takes apart have their shape: an edited file is an
-    error naming the key, not a traceback in whichever command reads it first. The rest
-    (versions, counts, the config) is only shown or compared, so any value will do."""
-    _expect(path, "", manifest, dict)
-    _key(path, _key(path, manifest, "tokenizer"), "tokenizer.models")
-    files = _key(path, manifest, "files")
-    pairs = {f"files.{split}": _key(path, files, f"files.{split}") for split in ("train", "dev")}
-    pairs.update({f"files.test.{name}": _expect(path, f"files.test.{name}", entry, dict)
-                  for name, entry in _key(path, files, "files.test").items()})
-    for name, pair in pairs.items():
-        for side in ("src", "trg"):
-            _key(path, _key(path, pair, f"{name}.{side}"), f"{name}.{side}.path", str)
-    return manifest
+    return _expect(path, "", manifest, dict)
 
 
 _MISSING = object()
@@ -274,7 +263,10 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
 
 def outputs_exist(run_dir: str | Path, manifest: dict) -> bool:
     """Whether every file prepare makes is there: config, id caches, tokenizer models."""
-    models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
+    where = manifest_file(run_dir)
+    tokenizer = _expect(where, "tokenizer", manifest.get("tokenizer", {}), dict)
+    names = _expect(where, "tokenizer.models", tokenizer.get("models", {}), dict)
+    models = [tokenizer_dir(run_dir) / name for name in names]
     return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
             and all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev")))
 
@@ -284,13 +276,18 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
     manifest = read_manifest(run_dir)
     if manifest is None or not outputs_exist(run_dir, manifest):
         raise MtError(f"{run_dir} is not prepared: run mt prepare --config CONFIG")
-    record = manifest["files"]
+    path = manifest_file(run_dir)
+    record = _key(path, manifest, "files")
 
-    def pair(entry: dict) -> FilePair:
-        return FilePair(src=entry["src"]["path"], trg=entry["trg"]["path"])
+    def pair(entry: dict, name: str) -> FilePair:
+        return FilePair(**{side: _key(path, _key(path, entry, f"{name}.{side}"), f"{name}.{side}.path", str)
+                           for side in ("src", "trg")})
 
-    return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
-                        tests={name: pair(entry) for name, entry in record["test"].items()})
+    tests = _key(path, record, "files.test")
+    return ResolvedData(train=pair(_key(path, record, "files.train"), "files.train"),
+                        dev=pair(_key(path, record, "files.dev"), "files.dev"),
+                        tests={name: pair(_expect(path, f"files.test.{name}", entry, dict), f"files.test.{name}")
+                               for name, entry in tests.items()})
 
 
 # ----------------------------------------------------------------------------- ownership
