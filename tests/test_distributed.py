@@ -3,6 +3,7 @@ a run resumed by another number of processes goes on from the same place in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,15 +90,26 @@ def test_a_run_of_two_processes_resumed_by_one_goes_on_from_the_same_batches(tmp
     run_dir = from_step_5(two_processes, tmp_path / "run")
     result = run_mt("train", "--config", str(toy_config(tmp_path / "one.yaml", data, run_dir, training__max_steps=10,
                                                         training__update_freq=2, **SMALL)))
-    assert "trained by 2 process(es), now 1" in result.stderr
     assert max_difference(two_processes / STEP_10, run_dir / STEP_10) <= 1e-5
+    assert "trained by 2 process(es), now 1" in result.stderr
 
 
 def test_a_run_of_one_process_resumed_by_two_goes_on_from_the_same_batches(tmp_path, data, one_process):
     run_dir = from_step_5(one_process, tmp_path / "run")
     result = torchrun(toy_config(tmp_path / "two.yaml", data, run_dir, training__max_steps=10, **SMALL))
-    assert "trained by 1 process(es), now 2" in result.stderr
     assert max_difference(one_process / STEP_10, run_dir / STEP_10) <= 1e-5
+    assert "trained by 1 process(es), now 2" in result.stderr
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it: torchrun starts each rank in a session of
+    its own, so killing torchrun's process group would leave the ranks spinning (Linux /proc)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                kill_tree(int(child))
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 HANG_S = 600  # a safety kill only: the command fails in well under a minute; a hang must fail, not wait forever
@@ -111,7 +123,7 @@ def test_fewer_batches_than_processes_is_an_error_on_every_rank_not_a_hang(tmp_p
     try:
         _, stderr = process.communicate(timeout=HANG_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks
+        kill_tree(process.pid)
         process.communicate()
         pytest.fail(f"torchrun with fewer batches than processes still running after {HANG_S} s: a hang")
     assert process.returncode == 1, stderr[-3000:]
