@@ -23,6 +23,9 @@ SMALL = {"model__d_model": 32, "model__heads": 2, "model__encoder_layers": 1, "m
          "training__log_every": 5, "training__keep_checkpoints": 10}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 STEP_10 = "checkpoints/step_0000010.pt"
+# the same batches in another order of summation differ by ~2e-7; resuming from the wrong place
+# in the data (as before re-splitting) by ~2e-5
+TIGHT = 2e-6
 
 
 def torchrun(config: Path) -> subprocess.CompletedProcess:
@@ -90,14 +93,14 @@ def test_a_run_of_two_processes_resumed_by_one_goes_on_from_the_same_batches(tmp
     run_dir = from_step_5(two_processes, tmp_path / "run")
     result = run_mt("train", "--config", str(toy_config(tmp_path / "one.yaml", data, run_dir, training__max_steps=10,
                                                         training__update_freq=2, **SMALL)))
-    assert max_difference(two_processes / STEP_10, run_dir / STEP_10) <= 1e-5
+    assert max_difference(two_processes / STEP_10, run_dir / STEP_10) <= TIGHT
     assert "trained by 2 process(es), now 1" in result.stderr
 
 
 def test_a_run_of_one_process_resumed_by_two_goes_on_from_the_same_batches(tmp_path, data, one_process):
     run_dir = from_step_5(one_process, tmp_path / "run")
     result = torchrun(toy_config(tmp_path / "two.yaml", data, run_dir, training__max_steps=10, **SMALL))
-    assert max_difference(one_process / STEP_10, run_dir / STEP_10) <= 1e-5
+    assert max_difference(one_process / STEP_10, run_dir / STEP_10) <= TIGHT
     assert "trained by 1 process(es), now 2" in result.stderr
 
 
