@@ -6,8 +6,9 @@ A checkpoint is one `torch.save` dict of tensors and plain data only:
   config       the resolved config as plain data (`config.to_dict`)
   tokenizer    the tokenizer's identity (model file hashes, vocab sizes): refused with any other
   step         updates done
-  state        the training state: step, position {epoch, batches_done}, best, bad_validations,
-               bad_steps, memory_skips, skipped_steps
+  state        the training state: step, position {epoch, batches_done}, best, best_metric,
+               bad_validations, bad_steps, memory_skips, skipped_steps, validation_due
+               (run.State; an older checkpoint may lack best_metric and validation_due)
 and, in step_<N>.pt only (what resuming needs):
   optimizer, scheduler, scaler   their state dicts
   rng          Python and torch (CPU, CUDA) generator states; under torchrun a list, one per rank
@@ -146,12 +147,13 @@ def resolve_checkpoint(run_dir: str | Path, name: str) -> Path:
     return Path(name)
 
 
-def check_identity(state: dict, tokenizer: Tokenizer, path: Path) -> None:
+def check_identity(state: dict, tokenizer: Tokenizer, path: Path,
+                   way_out: str = "use the run dir it came from") -> None:
     """A checkpoint only fits the tokenizer it was trained with: refuse any other."""
     mine, theirs = tokenizer.identity(), state.get("tokenizer")
     if theirs != mine:
         raise MtError(f"{path}: this checkpoint was trained with another tokenizer/vocabulary "
-                      f"(checkpoint: {theirs}, run dir: {mine}); use the run dir it came from")
+                      f"(checkpoint: {theirs}, run dir: {mine}); {way_out}")
 
 
 @dataclass

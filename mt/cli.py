@@ -18,8 +18,11 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from mt.config import PRECISIONS
 from mt.errors import Interrupted, MtError
+from mt.options import (
+    BatchTokensOpt, BeamOpt, CheckpointOpt, ConfigOpt, DeviceOpt, PrecisionOpt, RunDirOpt, SetOpt,
+    check_eval_hyp_options, check_eval_run_options, check_nbest, examples, load,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -28,40 +31,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="mt: train, run and inspect Transformer translation models. Each run is one YAML config.",
 )
-
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The run's YAML config file.")]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set training.lr=5e-4 (repeatable)."),
-]
-RunDirOpt = Annotated[Path, typer.Option("--run-dir", "-r", help="A run directory made by `mt train`.")]
-CheckpointOpt = Annotated[
-    str, typer.Option("--checkpoint", help="best, last, averaged, or a checkpoint file path.")
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda.")]
-BeamOpt = Annotated[
-    Optional[int], typer.Option("--beam", "-b", min=1, help="Beam size (1 = greedy); default: decoding.beam.")
-]
-BatchTokensOpt = Annotated[
-    Optional[int], typer.Option("--batch-tokens", min=1, help="Source tokens per batch; default: decoding.batch_tokens.")
-]
-
-
-def _check_precision(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in PRECISIONS:
-        raise typer.BadParameter(f"expected one of {', '.join(PRECISIONS)}, got {value!r}")
-    return value
-
-
-PrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", callback=_check_precision,
-    help="Decoding precision on CUDA: auto, bf16, fp16 or fp32; default: what the run trained with (training.precision).")]
-
-
-def _examples(*lines: str) -> str:
-    """A command's --help epilog: the lines as given (click's \\b keeps them unwrapped)."""
-    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
-
 
 def _verbose() -> bool:  # --verbose (or MT_VERBOSE=1) sets the `mt` loggers to DEBUG
     return logging.getLogger("mt").isEnabledFor(logging.DEBUG)
@@ -109,15 +78,16 @@ def _log_file(path: Path, enabled: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _writing(run_dir: Path) -> Iterator[None]:
-    """A command writing into `run_dir`: refused if mt did not make it; else run holding its lock
-    (rank 0 only under torchrun), after the marker is written and stale temp files removed."""
+def _writing(run_dir: Path, given_as: str = "run_dir") -> Iterator[None]:
+    """A command writing into `run_dir` (named by the config's run_dir or by --run-dir): refused if
+    mt did not make it; else run holding its lock (rank 0 only under torchrun), after the marker
+    is written and stale temp files removed."""
     from mt import lock, rundir
 
     if os.environ.get("RANK", "0") != "0":
         yield
         return
-    rundir.check_ours(run_dir)
+    rundir.check_ours(run_dir, given_as)
     fresh = not run_dir.exists()
     try:
         with lock.hold(rundir.lock_file(run_dir), lock.command_line()):
@@ -129,21 +99,15 @@ def _writing(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def _load(config: Path, overrides: Optional[list[str]]):
-    from mt.config import load_config
-
-    return load_config(config, overrides or [])
-
-
-@app.command("config", epilog=_examples('mt config --config configs/toy.yaml', 'mt config -c configs/multi30k_de_en.yaml --set training.lr=5e-4'))
+@app.command("config", epilog=examples('mt config --config configs/toy.yaml', 'mt config -c configs/multi30k_de_en.yaml --set training.lr=5e-4'))
 def config_cmd(config: ConfigOpt, set_: SetOpt = None) -> None:
     """Print the fully resolved configuration (every default filled in) as YAML."""
     from mt.config import to_yaml
 
-    typer.echo(to_yaml(_load(config, set_)), nl=False)
+    typer.echo(to_yaml(load(config, set_)), nl=False)
 
 
-@app.command(epilog=_examples('mt prepare --config configs/multi30k_de_en.yaml'))
+@app.command(epilog=examples('mt prepare --config configs/multi30k_de_en.yaml'))
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
@@ -154,7 +118,7 @@ def prepare(
     from mt.prepare import prepare as run_prepare
     from mt.run import check_run_dir
 
-    cfg = _load(config, set_)
+    cfg = load(config, set_)
     with _writing(Path(cfg.run_dir)):
         # never re-tokenize a trained run's data; `mt prepare` has no --restart to offer
         check_run_dir(cfg, Path(cfg.run_dir), restart=False, way_out="")
@@ -164,7 +128,7 @@ def prepare(
         run_prepare(cfg, force=force)
 
 
-@app.command(epilog=_examples('mt train --config configs/multi30k_de_en_cpu.yaml', 'mt train -c configs/toy.yaml --set training.max_steps=200 --restart'))
+@app.command(epilog=examples('mt train --config configs/multi30k_de_en_cpu.yaml', 'mt train -c configs/toy.yaml --set training.max_steps=200 --restart'))
 def train(
     config: ConfigOpt,
     set_: SetOpt = None,
@@ -176,7 +140,7 @@ def train(
     from mt.evaluate import format_table
     from mt.train import run_training, start
 
-    cfg = _load(config, set_)
+    cfg = load(config, set_)
     with _writing(Path(cfg.run_dir)):
         run, state = start(cfg, device=device, restart=restart)
         with _log_file(rundir.train_log(cfg.run_dir), enabled=run.is_main):
@@ -185,7 +149,7 @@ def train(
         typer.echo(format_table(scores))
 
 
-@app.command(epilog=_examples('echo "Ein Hund rennt." | mt translate --run-dir runs/multi30k_de_en', 'mt translate -r runs/multi30k_de_en --beam 5 --nbest 3 < input.de'))
+@app.command(epilog=examples('echo "Ein Hund rennt." | mt translate --run-dir runs/multi30k_de_en', 'mt translate -r runs/multi30k_de_en --beam 5 --nbest 3 < input.de'))
 def translate(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",
@@ -199,7 +163,7 @@ def translate(
     """Translate source sentences from stdin to stdout, one line out per line in."""
     from mt.translate import translate_stream
 
-    _check_nbest(run_dir, nbest, beam)
+    check_nbest(run_dir, nbest, beam)
     try:
         translate_stream(
             run_dir, sys.stdin.buffer, sys.stdout, checkpoint=checkpoint, beam=beam, nbest=nbest,
@@ -210,22 +174,7 @@ def translate(
         raise typer.Exit(0) from None
 
 
-def _check_nbest(run_dir: Path, nbest: int, beam: Optional[int]) -> None:
-    """--nbest N needs a beam of N or more: say so before the model loads."""
-    from mt import rundir
-    from mt.config import load_config
-
-    if nbest == 1:
-        return
-    if beam is None and rundir.config_file(run_dir).is_file():
-        beam = load_config(rundir.config_file(run_dir), []).decoding.beam
-        if nbest > beam:
-            raise MtError(f"--nbest {nbest}: the run decodes with beam {beam} (decoding.beam); give --beam {nbest} or more")
-    if beam is not None and nbest > beam:
-        raise MtError(f"--nbest {nbest}: more than --beam {beam}; give --beam {nbest} or more")
-
-
-@app.command("eval", epilog=_examples('mt eval --run-dir runs/multi30k_de_en', 'mt eval --hyp a.txt --hyp b.txt --ref ref.en'))
+@app.command("eval", epilog=examples('mt eval --run-dir runs/multi30k_de_en', 'mt eval --hyp a.txt --hyp b.txt --ref ref.en'))
 def eval_cmd(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", "-r", help="Run dir to translate with.")] = None,
     src: Annotated[Optional[Path], typer.Option("--src", help="Source file to translate and score.")] = None,
@@ -246,7 +195,7 @@ def eval_cmd(
         typer.echo("\n".join(map(json.dumps, results)) if json_out else table(results))
 
     if hyp:
-        _check_eval_hyp_options(ref, run_dir, src, output)
+        check_eval_hyp_options(ref, run_dir, src, output)
         if len(hyp) > 1:
             show(list(evaluate.compare(hyp, ref)), evaluate.format_comparison)
             return
@@ -254,42 +203,19 @@ def eval_cmd(
 
         show([evaluate.score(read_lines(hyp[0]), read_lines(ref), str(hyp[0]))])
         return
-    _check_eval_run_options(run_dir, src, ref, output)
+    check_eval_run_options(run_dir, src, ref, output)
     from mt.checkpoint import load_for_inference
 
     loaded = load_for_inference(run_dir, checkpoint, device, precision)
     if src is not None:
         results = [evaluate.score_file(loaded, run_dir, src, ref, output, beam, batch_tokens)]
     else:
-        with _writing(run_dir):  # the hypotheses go into the run dir
+        with _writing(run_dir, "--run-dir"):  # the hypotheses go into the run dir
             results = evaluate.score_test_sets(loaded, run_dir, beam, batch_tokens)
     show(results)
 
 
-def _check_eval_hyp_options(ref: Optional[Path], run_dir: Optional[Path], src: Optional[Path],
-                            output: Optional[Path]) -> None:
-    if ref is None:
-        raise MtError("--hyp needs --ref: the reference translations to score against")
-    ignored = [name for name, given in (("--run-dir", run_dir), ("--src", src), ("--output", output)) if given]
-    if ignored:
-        raise MtError(f"{', '.join(ignored)}: not used with --hyp (finished outputs are scored as they are)")
-
-
-def _check_eval_run_options(run_dir: Optional[Path], src: Optional[Path], ref: Optional[Path],
-                            output: Optional[Path]) -> None:
-    if run_dir is None:
-        raise MtError("nothing to score: give --hyp and --ref, or --run-dir (with --src and --ref, or "
-                      "alone for the config's test sets)")
-    if (src is None) != (ref is None):
-        raise MtError("--src and --ref go together: give both, or neither for the config's test sets")
-    from mt import rundir
-
-    if output is not None and src is None:
-        raise MtError(f"--output goes with --src; the config's test sets are written to {rundir.eval_dir(run_dir)}")
-    rundir.check_output("--output", output, [src, ref, *rundir.records(run_dir)])
-
-
-@app.command(epilog=_examples('mt average --run-dir runs/multi30k_de_en --last 5'))
+@app.command(epilog=examples('mt average --run-dir runs/multi30k_de_en --last 5'))
 def average(
     run_dir: RunDirOpt,
     last: Annotated[int, typer.Option("--last", min=1, help="How many of the newest checkpoints to average.")] = 5,
@@ -301,12 +227,12 @@ def average(
     from mt import rundir
 
     rundir.check_output("--output", output, rundir.records(run_dir))  # averaged.pt may be redone
-    with _writing(run_dir):
+    with _writing(run_dir, "--run-dir"):
         path = average_checkpoints(run_dir, last=last, output=output)
     typer.echo(str(path))
 
 
-@app.command(epilog=_examples('mt attention -r runs/multi30k_de_en -o attention/ --text "Ein Hund rennt."'))
+@app.command(epilog=examples('mt attention -r runs/multi30k_de_en -o attention/ --text "Ein Hund rennt."'))
 def attention(
     run_dir: RunDirOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the PNG (and JSON) files.")],
@@ -331,7 +257,7 @@ def attention(
         typer.echo(str(path))
 
 
-@app.command(epilog=_examples('mt plot --run-dir runs/multi30k_de_en'))
+@app.command(epilog=examples('mt plot --run-dir runs/multi30k_de_en'))
 def plot(
     run_dir: RunDirOpt,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/curves.png")] = None,
@@ -344,7 +270,7 @@ def plot(
     typer.echo(str(plot_curves(run_dir, output)))
 
 
-@app.command(epilog=_examples('mt export --run-dir runs/multi30k_de_en --output exported/ --quantization int8'))
+@app.command(epilog=examples('mt export --run-dir runs/multi30k_de_en --output exported/ --quantization int8'))
 def export(
     run_dir: RunDirOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the exported model to.")],
@@ -360,7 +286,7 @@ def export(
                               force=force)))
 
 
-@app.command(epilog=_examples('mt serve --run-dir runs/multi30k_de_en --port 8000'))
+@app.command(epilog=examples('mt serve --run-dir runs/multi30k_de_en --port 8000'))
 def serve(
     run_dir: RunDirOpt,
     checkpoint: CheckpointOpt = "best",

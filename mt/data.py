@@ -21,7 +21,7 @@ import numpy as np
 
 from mt.config import DataConfig, FilePair, FilterConfig
 from mt.errors import ConfigError, MtError
-from mt.files import atomic_write, iter_lines, open_binary, read_lines, sha256_file
+from mt.files import KnownSums, atomic_write, iter_lines, open_binary, read_lines, sha256_file
 from mt.idcache import EncodedSplit, load_ids, save_ids  # noqa: F401  (the id cache, named here as before)
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,17 @@ def _check_languages(cfg: DataConfig) -> None:
                               f"supported: {', '.join(MULTI30K_LANGS)}")
 
 
-def input_sums(cfg: DataConfig) -> dict[str, str]:
+def input_sums(cfg: DataConfig, known: Optional[KnownSums] = None) -> dict[str, str]:
     """SHA-256 of every input file by role ('train.src', 'test.NAME.trg', ...), downloading
-    nothing: a corpus file's sum is the pinned one that `resolve_files` enforces."""
+    nothing: a corpus file's sum is the pinned one that `resolve_files` enforces. With `known`,
+    a file of unchanged size and mtime is not read again (see `files.KnownSums`)."""
+    known = known or KnownSums({})
     sums = {}
     for role, split in _plan(cfg).items():
         pair = split.given or split.corpus_names(cfg)
         for side in ("src", "trg"):
             name = getattr(pair, side)
-            sums[f"{role}.{side}"] = sha256_file(name) if split.given else MULTI30K_SHA256[name]
+            sums[f"{role}.{side}"] = known.sha256(name) if split.given else MULTI30K_SHA256[name]
     return sums
 
 
@@ -276,16 +278,14 @@ class PairFilter:
     def keep(self, src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
         """Which pairs of this chunk to keep (a bool per pair); later chunks see these as seen."""
         keep = np.ones(len(src_lines), dtype=bool)
-        for i, (src, trg) in enumerate(zip(src_lines, trg_lines)):
-            reason = _length_reason(len(src.split()), len(trg.split()), self.cfg)
-            if reason:
-                self.dropped[reason] += 1
-                keep[i] = False
+        for reason, drops in _length_drops(src_lines, trg_lines, self.cfg):
+            dropped_here = keep & drops  # a pair counts against the first filter that drops it
+            self.dropped[reason] += int(dropped_here.sum())
+            keep &= ~drops
         if self.cfg.drop_duplicates:
             candidates = np.flatnonzero(keep)
-            hashes = np.fromiter((_pair_hash(src_lines[i], trg_lines[i]) for i in candidates),
-                                 dtype=np.uint64, count=len(candidates))
-            repeated = self._hashes.add(hashes)
+            repeated = self._hashes.add(_pair_hashes([src_lines[i] for i in candidates],
+                                                     [trg_lines[i] for i in candidates]))
             keep[candidates[repeated]] = False
             self.dropped["drop_duplicates"] += int(repeated.sum())
         self.seen_pairs += len(src_lines)
@@ -297,20 +297,26 @@ class PairFilter:
             raise MtError(f"data.filter dropped all {self.seen_pairs} training pairs ({counts}); loosen data.filter")
 
 
-def _length_reason(src_words: int, trg_words: int, cfg: FilterConfig) -> Optional[str]:
-    if cfg.drop_empty and (src_words == 0 or trg_words == 0):
-        return "drop_empty"
-    if cfg.max_words and max(src_words, trg_words) > cfg.max_words:
-        return "max_words"
-    # an empty side counts as one word, so with drop_empty off it is judged like a one-word side
-    if cfg.max_ratio and max(src_words, trg_words) / max(min(src_words, trg_words), 1) > cfg.max_ratio:
-        return "max_ratio"
-    return None
+def _length_drops(src_lines: Sequence[str], trg_lines: Sequence[str],
+                  cfg: FilterConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """(filter, which pairs it drops) for each length filter that is on, in `dropped`'s order."""
+    src_words = np.array([len(line.split()) for line in src_lines], dtype=np.int64)
+    trg_words = np.array([len(line.split()) for line in trg_lines], dtype=np.int64)
+    longer = np.maximum(src_words, trg_words)
+    if cfg.drop_empty:
+        yield "drop_empty", (src_words == 0) | (trg_words == 0)
+    if cfg.max_words:
+        yield "max_words", longer > cfg.max_words
+    if cfg.max_ratio:
+        # an empty side counts as one word, so with drop_empty off it is judged like a one-word side
+        yield "max_ratio", longer / np.maximum(np.minimum(src_words, trg_words), 1) > cfg.max_ratio
 
 
-def _pair_hash(src: str, trg: str) -> int:
-    """The same for the same pair in every run (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(f"{src}\n{trg}".encode(), digest_size=8).digest(), "little")
+def _pair_hashes(src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each pair, the same in every run (Python's hash() is salted per process)."""
+    digests = b"".join(hashlib.blake2b(f"{src}\n{trg}".encode(), digest_size=8).digest()
+                       for src, trg in zip(src_lines, trg_lines))
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
 class _HashSet:

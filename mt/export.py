@@ -34,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,16 +75,16 @@ def export_run(run_dir: str | Path, output: str | Path, checkpoint: str = "best"
         raise MtError(f"--quantization {quantization}: expected one of {', '.join(QUANTIZATIONS)}")
     ctranslate2 = import_ctranslate2()
     output = Path(output)
-    check_output(output, force)
+    folder = check_output(output, force)
     loaded = load_for_inference(run_dir, checkpoint, device="cpu")
     check_architecture(loaded.cfg.model)
     spec = build_spec(ctranslate2.specs, loaded)
-    with staging_dir(output) as staging:
+    with staging_dir(folder) as staging:
         spec.validate()
         spec.optimize(quantization=None if quantization == "none" else quantization)
         spec.save(str(staging))
         write_companions(staging, Path(run_dir), loaded, quantization)
-        replace_dir(staging, output)
+        replace_dir(staging, folder)
     log.info("exported %s (%s weights) to %s", loaded.path, quantization, output)
     return output
 
@@ -97,15 +98,25 @@ def import_ctranslate2():
     return ctranslate2
 
 
-def check_output(output: Path, force: bool) -> None:
-    """An existing folder is replaced only with --force, and only if `mt export` made it."""
-    if not output.exists():
-        return
+def check_output(output: Path, force: bool) -> Path:
+    """The folder to write: `output`, or the folder a symlink there points at (the link is kept
+    and shows the new export). An existing folder is replaced only with --force, and only if
+    `mt export` made it."""
+    shown = f"--output {output}"
+    folder = output
+    if output.is_symlink():
+        target = os.readlink(output)
+        if not output.exists():
+            raise MtError(f"{shown}: a symlink to {target}, which does not exist")
+        shown, folder = f"{shown} (a symlink to {target})", output.resolve()
+    if not folder.exists():
+        return folder
     if not force:
-        raise MtError(f"{output}: already exists (add --force to replace an earlier export)")
-    if not output.is_dir() or not (output / MARKER).is_file():
-        raise MtError(f"{output}: exists and is not a folder made by mt export (no {MARKER} in it); "
+        raise MtError(f"{shown}: already exists (add --force to replace an earlier export)")
+    if not folder.is_dir() or not (folder / MARKER).is_file():
+        raise MtError(f"{shown}: exists and is not a folder made by mt export (no {MARKER} in it); "
                       "not replacing it even with --force: choose another --output")
+    return folder
 
 
 def check_architecture(model_cfg: ModelConfig) -> None:
@@ -147,6 +158,21 @@ class Weights:
             raise MtError(f"mt export: parameters it does not know how to convert: {', '.join(unused[:5])}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """Where one side of mt's model keeps its parameters (model.py names)."""
+
+    embed: str
+    layers: str
+    self_res: str  # the residual block around self-attention, whose norm CTranslate2 puts in self_attention
+    final_norm: str  # pre-norm only
+    cross_attention: bool
+
+
+ENCODER = Stack("src_embed", "encoder_layers", "attn_res", "encoder_norm", cross_attention=False)
+DECODER = Stack("trg_embed", "decoder_layers", "self_res", "decoder_norm", cross_attention=True)
+
+
 def build_spec(specs, loaded: Loaded):
     """The CTranslate2 TransformerSpec of `loaded.model`, weights filled in."""
     m, model = loaded.cfg.model, loaded.model
@@ -156,14 +182,30 @@ def build_spec(specs, loaded: Loaded):
     decoder = specs.TransformerDecoderSpec(m.decoder_layers, m.heads, pre_norm=pre_norm, activation=activation)
     spec = specs.TransformerSpec(encoder, decoder)
     weights = Weights(model)
-    set_encoder(spec.encoder, weights, m.positions, pre_norm)
-    set_decoder(spec.decoder, weights, m.positions, pre_norm)
+    set_stack(spec.encoder, weights, ENCODER, m.positions, pre_norm)
+    set_stack(spec.decoder, weights, DECODER, m.positions, pre_norm)
+    spec.decoder.projection.weight = weights("output.weight")  # no bias, as in mt
     weights.check_all_used(model)
     set_config(spec.config, loaded)
     tokenizer = loaded.tokenizer
     spec.register_source_vocabulary(tokenizer.src_pieces(range(tokenizer.src_vocab_size)))
     spec.register_target_vocabulary(tokenizer.trg_pieces(range(tokenizer.trg_vocab_size)))
     return spec
+
+
+def set_stack(spec, weights: Weights, stack: Stack, positions: str, pre_norm: bool) -> None:
+    """Encoder or decoder: embeddings, then each layer's self-attention, cross-attention
+    (decoder), feed-forward block, then the final norm of a pre-norm model."""
+    set_embeddings(spec, weights, stack.embed, positions)
+    for i, layer in enumerate(spec.layer):
+        scope = f"{stack.layers}.{i}"
+        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
+        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.{stack.self_res}.norm")
+        if stack.cross_attention:
+            set_cross_attention(layer.attention, weights, scope)
+        set_ffn(layer.ffn, weights, scope)
+    if pre_norm:
+        set_norm(spec.layer_norm, weights, stack.final_norm)
 
 
 def set_embeddings(spec, weights: Weights, side: str, positions: str) -> None:
@@ -175,31 +217,11 @@ def set_embeddings(spec, weights: Weights, side: str, positions: str) -> None:
     spec.position_encodings.encodings = weights(table)
 
 
-def set_encoder(spec, weights: Weights, positions: str, pre_norm: bool) -> None:
-    set_embeddings(spec, weights, "src_embed", positions)
-    for i, layer in enumerate(spec.layer):
-        scope = f"encoder_layers.{i}"
-        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
-        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.attn_res.norm")
-        set_ffn(layer.ffn, weights, scope)
-    if pre_norm:
-        set_norm(spec.layer_norm, weights, "encoder_norm")
-
-
-def set_decoder(spec, weights: Weights, positions: str, pre_norm: bool) -> None:
-    set_embeddings(spec, weights, "trg_embed", positions)
-    for i, layer in enumerate(spec.layer):
-        scope = f"decoder_layers.{i}"
-        set_self_attention(layer.self_attention, weights, f"{scope}.self_attn")
-        set_norm(layer.self_attention.layer_norm, weights, f"{scope}.self_res.norm")
-        set_linear(layer.attention.linear[0], weights, f"{scope}.cross_attn.q_proj")
-        set_linear(layer.attention.linear[1], weights, f"{scope}.cross_attn.kv_proj")  # k rows, then v rows
-        set_linear(layer.attention.linear[2], weights, f"{scope}.cross_attn.out_proj")
-        set_norm(layer.attention.layer_norm, weights, f"{scope}.cross_res.norm")
-        set_ffn(layer.ffn, weights, scope)
-    if pre_norm:
-        set_norm(spec.layer_norm, weights, "decoder_norm")
-    spec.projection.weight = weights("output.weight")  # no bias, as in mt
+def set_cross_attention(spec, weights: Weights, scope: str) -> None:
+    set_linear(spec.linear[0], weights, f"{scope}.cross_attn.q_proj")
+    set_linear(spec.linear[1], weights, f"{scope}.cross_attn.kv_proj")  # k rows, then v rows, as CTranslate2 fuses them
+    set_linear(spec.linear[2], weights, f"{scope}.cross_attn.out_proj")
+    set_norm(spec.layer_norm, weights, f"{scope}.cross_res.norm")
 
 
 def set_self_attention(spec, weights: Weights, scope: str) -> None:
@@ -243,22 +265,39 @@ class staging_dir:
 
     def __enter__(self) -> Path:
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.", suffix=".tmp", dir=self.output.parent))
+        self.path = make_fresh_dir(self.output.parent, f".{self.output.name}.")
         return self.path
 
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def make_fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder with the mode a plain mkdir gives (0o777 less the umask):
+    tempfile.mkdtemp's is always 0700, which would keep a service or a colleague from the model."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another export chose the same name: draw again
+            continue
+    raise MtError(f"{parent}: cannot make a temporary folder there (100 names taken)")
+
+
 def replace_dir(staging: Path, output: Path) -> None:
-    """Rename the finished folder into place; an earlier export (checked) is moved aside first."""
+    """Rename the finished folder into place; an earlier export (checked) is moved aside first,
+    then removed (`output` is a real folder here, never a symlink: check_output resolved it)."""
     old = None
     if output.exists():
         old = output.with_name(f".{output.name}.old-{staging.name}")
         output.rename(old)
     staging.rename(output)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old)
+        except OSError as err:  # the new export is in place; say what is left, never hide it
+            log.warning("could not remove the earlier export moved to %s: %s", old, err)
 
 
 def write_companions(folder: Path, run_dir: Path, loaded: Loaded, quantization: str) -> None:
@@ -310,6 +349,8 @@ score / ((5 + n) / 6) ** alpha, n counting </s>), output length limit {a} * sour
 per sentence. CTranslate2 ranks finished hypotheses by score / n ** length_penalty instead, so
 the short call above can pick a different one of the same candidates; translate.py asks for all
 {beam} candidates and ranks them as mt does, and sends sentences with equal limits together.
-What still differs from mt, only on sentences whose search reaches the length limit: mt forces
-</s> there (and counts its log-probability), CTranslate2 stops without it.
+What still differs from mt: on sentences whose search reaches the length limit, mt forces </s>
+there (and counts its log-probability), CTranslate2 stops without it; and when more than {beam}
+hypotheses have finished by the time CTranslate2 stops, it keeps its {beam} best by score / n,
+which may leave out the one mt would choose.
 """

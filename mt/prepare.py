@@ -34,7 +34,7 @@ from mt.data import (PairFilter, ResolvedData, count_lines, input_sums, read_par
                      resolve_files, save_ids)
 from mt.errors import MtError
 from mt import rundir
-from mt.files import write_text
+from mt.files import KnownSums, write_text
 from mt.idcache import IdCacheWriter
 from mt.progress import Progress, Ticking
 from mt.tokenizer import Tokenizer, save_models, train_models
@@ -93,29 +93,34 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     if run_dir.exists() and not run_dir.is_dir():
         raise MtError(f"run_dir: {run_dir} is a file, not a folder")
     files = resolve_files(cfg.data)
-    sums = input_sums(cfg.data)
+    recorded = rundir.read_input_sums(run_dir)
+    known = KnownSums({} if force else recorded)  # --force reads every file again
+    sums = input_sums(cfg.data, known)
     key = prepare_key(cfg, sums)
     prepared = Prepared(run_dir, files)
-    manifest = None if force else _current_manifest(run_dir, key)
+    manifest = None if force else _current_manifest(cfg, prepared, key, sums)
     if manifest is not None:
-        if _refresh_records(cfg, prepared, sums, manifest):
+        if _refresh_records(cfg, prepared, sums, key, manifest):
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
                      run_dir, prepared.config_path.name, prepared.manifest_path.name)
         else:
             log.info("%s: already prepared (nothing changed)", run_dir)
-        return prepared
-    outputs = _make_outputs(cfg, files)
-    _write(cfg, prepared, outputs, sums, key)
-    log.info("prepared %s in %.1f s", run_dir, time.monotonic() - start)
+    else:
+        outputs = _make_outputs(cfg, files)
+        _write(cfg, prepared, outputs, sums, key)
+        log.info("prepared %s in %.1f s", run_dir, time.monotonic() - start)
+    if force or known.now != recorded:
+        rundir.write_input_sums(run_dir, known.now)
     return prepared
 
 
 def prepare_key(cfg: Config, sums: dict[str, str]) -> str:
-    """A hash of everything that shapes the outputs; a change in any of it means redo."""
+    """A hash of everything that shapes the tokenizer and the id caches; a change in any of it
+    means redo. Test sets shape neither: adding one, or moving a file, only updates the records."""
     data = cfg.data
     payload = {
         "format": PREPARE_FORMAT,
-        "inputs": sums,
+        "inputs": {role: digest for role, digest in sums.items() if not role.startswith("test.")},
         "data": {"corpus": data.corpus, "src_lang": data.src_lang, "trg_lang": data.trg_lang},
         "filter": dataclasses.asdict(data.filter),
         "tokenizer": dataclasses.asdict(cfg.tokenizer),
@@ -133,22 +138,56 @@ def load_prepared(run_dir: str | Path) -> Prepared:
 # ---------------------------------------------------------------------------------------------
 
 
-def _current_manifest(run_dir: Path, key: str) -> Optional[dict]:
+def _current_manifest(cfg: Config, prepared: Prepared, key: str, sums: dict[str, str]) -> Optional[dict]:
+    """The manifest, while the outputs it records are those these inputs make; None: redo.
+    Once the run dir holds trained weights their tokenizer must stay: a change that would make
+    another one is refused, and a manifest of an older mt whose key was reckoned otherwise is kept
+    when the data and settings it records are these."""
+    run_dir = prepared.run_dir
     manifest = rundir.read_manifest(run_dir)
-    if manifest is None or manifest.get("prepare_key") != key or not rundir.outputs_exist(run_dir, manifest):
+    if manifest is None or not rundir.outputs_exist(run_dir, manifest):
         return None
+    if manifest.get("prepare_key") == key:
+        return manifest
+    if not rundir.has_checkpoints(run_dir):
+        return None
+    changes = _tokenizer_changes(cfg, prepared.files, manifest, sums)
+    if changes:
+        raise MtError(f"{'; '.join(changes)} since the checkpoints in {run_dir} were trained, and their tokenizer "
+                      "must stay theirs: set run_dir to a new folder, or run `mt train --restart` to start "
+                      "this run over on the new data")
     return manifest
 
 
-def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], manifest: dict) -> bool:
+def _tokenizer_changes(cfg: Config, files: ResolvedData, manifest: dict, sums: dict[str, str]) -> list[str]:
+    """What differs from the manifest's record among the things that shape the tokenizer and the
+    id caches: the train and dev files' content, and the settings `prepare_key` hashes."""
+    recorded, changes = manifest.get("files") or {}, []
+    for role in ("train", "dev"):
+        for side in ("src", "trg"):
+            entry = (recorded.get(role) or {}).get(side) or {}
+            if entry.get("sha256") != sums[f"{role}.{side}"]:
+                changes.append(f"data.{role}.{side} ({getattr(getattr(files, role), side)}): content changed")
+    old, new = manifest.get("config") or {}, to_dict(cfg)
+    for section, keys in (("data", ("corpus", "src_lang", "trg_lang", "filter")), ("tokenizer", tuple(new["tokenizer"]))):
+        changes += [f"{section}.{k} changed" for k in keys if (old.get(section) or {}).get(k) != new[section][k]]
+    return changes
+
+
+def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], key: str, manifest: dict) -> bool:
     """Bring config.yaml and the manifest's file paths up to date when only they changed (say,
-    model settings, or the data found in another folder): the outputs stay valid as they are.
+    model settings, the data found in another folder, a test set added): the tokenizer and the
+    id caches stay as they are. A new test set is read first, so that a bad one fails now.
     Returns whether anything was written."""
     config, files = to_dict(cfg), _files_record(prepared.files, sums)
-    if manifest.get("config") == config and manifest.get("files") == files:
+    if manifest.get("config") == config and manifest.get("files") == files and manifest.get("prepare_key") == key:
         return False
+    counts = dict(manifest.get("counts") or {})
+    if manifest.get("files", {}).get("test") != files["test"]:
+        counts["test"] = {name: len(read_parallel(pair.src, pair.trg)) for name, pair in prepared.files.tests.items()}
     write_text(prepared.config_path, to_yaml(cfg))
-    rundir.write_manifest(prepared.run_dir, {**manifest, "config": config, "files": files})
+    rundir.write_manifest(prepared.run_dir, {**manifest, "prepare_key": key, "config": config, "files": files,
+                                             "counts": counts})
     return True
 
 

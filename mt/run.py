@@ -19,7 +19,7 @@ import torch
 
 from mt import distributed, rundir
 from mt.batching import BatchStream, Position, make_batches, resplit
-from mt.checkpoint import build_model, load_checkpoint, restore, saved_world
+from mt.checkpoint import build_model, check_identity, load_checkpoint, restore, saved_world
 from mt.config import Config, to_dict
 from mt.device import autocast, autocast_dtype
 from mt.errors import MtError
@@ -30,25 +30,34 @@ from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+# data settings that only say where files are: a file moved, or a test set added, is the same run
+# (prepare checks the train and dev files' content against what the run was prepared from)
+DATA_RECORDS = ("data_dir", "train", "dev", "test")
+
 
 @dataclass
 class State:
-    """What changes as training goes. The fields down to `skipped_steps` are saved in every
-    checkpoint (see `saved`); the rest belong to this process only."""
+    """What changes as training goes. The fields down to `validation_due` are saved in every
+    checkpoint (see `saved`; an older checkpoint without one gets its default); the rest belong
+    to this process only."""
 
     step: int = 0
     position: Position = field(default_factory=Position)
     best: Optional[float] = None  # best validation metric so far
+    best_metric: Optional[str] = None  # which one (training.early_stopping.metric) `best` is
     bad_validations: int = 0  # validations in a row without improvement
     bad_steps: int = 0  # consecutive non-finite losses
     memory_skips: int = 0  # consecutive updates whose batch did not fit in memory
     skipped_steps: int = 0  # non-finite or out-of-memory updates skipped in total
+    validation_due: bool = False  # a stop request abandoned this step's validation
     metrics: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
     stop_requested: Optional[str] = None  # the signal's name, once one arrived
     failed: Optional[str] = None  # why training cannot go on (memory); raised once the step is saved
     saved_step: int = -1  # the step of the newest step checkpoint
+    validating: bool = False  # a validation is running
 
-    SAVED = ("step", "position", "best", "bad_validations", "bad_steps", "memory_skips", "skipped_steps")
+    SAVED = ("step", "position", "best", "best_metric", "bad_validations", "bad_steps", "memory_skips",
+             "skipped_steps", "validation_due")
 
     def saved(self) -> dict:
         """The checkpoint's `state` entry, as plain data."""
@@ -121,10 +130,11 @@ def check_run_dir(cfg: Config, run_dir: Path, restart: bool,
     old = load_checkpoint(steps[-1])["config"]
     new = to_dict(cfg)
     for section in ("data", "tokenizer", "model"):
-        if old.get(section) != new[section]:
-            diff = [k for k in new[section] if old.get(section, {}).get(k) != new[section][k]]
+        keys = [k for k in new[section] if section != "data" or k not in DATA_RECORDS]
+        diff = [k for k in keys if (old.get(section) or {}).get(k) != new[section][k]]
+        if diff:
             raise MtError(f"{run_dir} holds a run with another {section} config ({', '.join(f'{section}.{k}' for k in diff)} "
-                          "differ): set run_dir to a new folder, or use the original config to continue"
+                          f"differ{'s' if len(diff) == 1 else ''}): set run_dir to a new folder, or use the original config to continue"
                           + way_out)
 
 
@@ -205,6 +215,8 @@ def resume(run: Run) -> State:
     if not steps:
         return State(metrics=metrics)
     ckpt = load_checkpoint(steps[-1], map_location=run.device)
+    check_identity(ckpt, run.tokenizer, steps[-1], way_out="its weights mean nothing with another vocabulary: "
+                   "set run_dir to a new folder, or pass --restart to start over in this folder")
     saved = restore(ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.dist.rank)
     state = State.from_saved(saved)
     if saved_world(ckpt) != run.dist.world:
@@ -217,8 +229,25 @@ def resume(run: Run) -> State:
         # saved when training stopped for them: a run with a smaller batch gets a fresh count
         state.memory_skips = 0
     state.saved_step = state.step
-    state.metrics = [m for m in metrics if m.get("step", 0) <= state.step]
+    # rows of later steps go, and a validation row of this step when resuming validates it again
+    state.metrics = [m for m in metrics if m.get("step", 0) < state.step or (
+        m.get("step", 0) == state.step and not (state.validation_due and "dev_loss" in m))]
+    forget_best_of_another_metric(run, state, ckpt["config"])
     if run.is_main:
         log.info("resuming %s from %s (step %d, epoch %d)", run.run_dir, steps[-1].name,
                  state.step, state.position.epoch)
     return state
+
+
+def forget_best_of_another_metric(run: Run, state: State, saved_config: dict) -> None:
+    """A best BLEU means nothing to a loss (nor the other way round): when
+    training.early_stopping.metric changed since the checkpoint, the comparison starts afresh.
+    A checkpoint from before `best_metric` was kept has it in its config."""
+    now = run.cfg.training.early_stopping.metric
+    was = state.best_metric or saved_config.get("training", {}).get("early_stopping", {}).get("metric")
+    if state.best is None or was in (None, now):
+        return
+    if run.is_main:
+        log.warning("training.early_stopping.metric changed from %s to %s: the best so far and the patience "
+                    "count start afresh (best.pt is replaced at the next validation)", was, now)
+    state.best, state.best_metric, state.bad_validations = None, None, 0

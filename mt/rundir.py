@@ -7,6 +7,8 @@
       cache/train/        ids of the filtered training pairs, mapped arrays (prepare; idcache.py)
       cache/dev/          ids of every dev pair, the same format         (prepare)
                           (runs prepared before: cache/train.npz, cache/dev.npz; still read)
+      cache/input_sums.json  SHA-256 of the user's input files by path, size and mtime, so an
+                          unchanged file is not read again at each start (prepare; files.KnownSums)
       checkpoints/        step_<N>.pt, best.pt, averaged.pt              (train, average)
       metrics.jsonl       one JSON object per log line or validation     (train; read by plot)
       train.log           the training log                               (the CLI, for train)
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
+INPUT_SUMS = "input_sums.json"
 TOKENIZER = "tokenizer"
 CACHE = "cache"
 CHECKPOINTS = "checkpoints"
@@ -56,8 +59,11 @@ def lock_file(run_dir: str | Path) -> Path:
 
 
 def unmake_if_bare(run_dir: str | Path) -> None:
-    """Remove a run dir that holds nothing but its lock and marker (a command refused at once)."""
+    """Remove a run dir that holds nothing but its lock and marker (a command refused at once);
+    one that holds anything more keeps its marker, so that mt may go on writing there."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        return
     for made in (lock_file(run_dir), marker_file(run_dir)):
         made.unlink(missing_ok=True)
     try:
@@ -86,6 +92,30 @@ def ids_file(run_dir: str | Path, split: str) -> Path:
     """The id cache folder of `split` (train or dev); `idcache.load_ids` reads the legacy
     `<split>.npz` beside it when the folder is not there."""
     return Path(run_dir) / CACHE / split
+
+
+def input_sums_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CACHE / INPUT_SUMS
+
+
+def read_input_sums(run_dir: str | Path) -> dict:
+    """The recorded sums of input files (see `files.KnownSums`); {} when missing or unreadable,
+    as it is only a cache: every file is then summed again."""
+    try:
+        known = json.loads(input_sums_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def write_input_sums(run_dir: str | Path, known: dict) -> None:
+    write_text(input_sums_file(run_dir), json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether any weights were trained in this run dir: from then on its tokenizer is theirs."""
+    return bool(step_checkpoints(run_dir)) or any(named_checkpoint(run_dir, name).is_file()
+                                                   for name in ("best", "averaged"))
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -293,17 +323,20 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
 # ----------------------------------------------------------------------------- ownership
 
 
-def check_ours(run_dir: str | Path) -> None:
+def check_ours(run_dir: str | Path, given_as: str = "run_dir") -> None:
     """Refuse a run dir that mt did not make: a file, or a non-empty folder without the marker
-    that is not a run of an older mt either. Reads only, so it runs before the lock is taken."""
+    that is not a run of an older mt either. Reads only, so it runs before the lock is taken.
+    `given_as`: the config key (run_dir) or the option (--run-dir) that named it, for the hint."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise MtError(f"run_dir: {run_dir} is a file, not a folder")
+        raise MtError(f"{given_as}: {run_dir} is a file, not a folder")
     if marker_file(run_dir).is_file() or not run_dir.is_dir() or _made_by_older_mt(run_dir):
         return
     if any(entry.name not in (LOCK, MARKER) for entry in run_dir.iterdir()):
+        way_out = ("set run_dir to a new or empty folder" if given_as == "run_dir"
+                   else f"give {given_as} a run dir that mt train made")
         raise MtError(f"{run_dir} is a folder that mt did not make (no {MARKER} in it, and it is not empty): "
-                      "mt writes and deletes only in its own run dirs; set run_dir to a new or empty folder")
+                      f"mt writes and deletes only in its own run dirs; {way_out}")
 
 
 def claim(run_dir: str | Path) -> None:

@@ -57,7 +57,10 @@ class Limits:
     max_wait_ms: float = 20.0  # how long the worker waits for company (only while fewer than last time)
 
     def max_body_bytes(self) -> int:
-        return self.max_lines * (self.max_chars * 4 + 8) + 4096  # UTF-8 is at most 4 bytes a character
+        """Room for any request within the line and character limits, however its JSON is
+        written: escaped, one character can take 12 bytes (`\\ud83d\\ude00` is how Python's
+        json.dumps sends an emoji), and each line has room for quotes, comma and indentation."""
+        return self.max_lines * (self.max_chars * 12 + 64) + 4096
 
 
 class TranslateRequest(BaseModel):
@@ -97,8 +100,22 @@ class BadRequest(Exception):
 
 
 def error_response(status: int, field: Optional[str], message: str) -> JSONResponse:
-    text = f"{field}: {message}" if field else message
+    field = field and printable(field)
+    text = f"{field}: {printable(message)}" if field else printable(message)
     return JSONResponse({"error": text, "field": field}, status_code=status)
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates (which JSON allows and UTF-8 cannot hold) written as \\udXXX."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # "\\ud800" in JSON: half of a surrogate pair, no character
+        return False
+    return True
 
 
 def field_name(loc: tuple) -> str:
@@ -115,6 +132,8 @@ def validation_message(error: dict) -> str:
         return f"unknown field; expected one of {', '.join(TranslateRequest.model_fields)}"
     if kind == "json_invalid":
         return "not valid JSON"
+    if kind == "string_unicode":  # a lone surrogate in a key: Pydantic's loc is then the body
+        return "not valid Unicode (a lone surrogate)"
     if kind == "model_attributes_type":  # a JSON list or string, or a body sent as form data
         return 'expected a JSON object such as {"text": ["a line"]}, sent with Content-Type: application/json'
     return error.get("msg", "invalid")
@@ -136,7 +155,9 @@ def create_app(engine: Engine, limits: Limits, beam: int) -> FastAPI:
                   description="Translate with an mt model; see the attention at /.")
     add_error_handlers(app)
     app.add_middleware(RequestLog, max_body_bytes=limits.max_body_bytes())
-    info = engine.info(beam) | {"limits": dataclasses.asdict(limits) | {"max_beam": MAX_BEAM}}
+    info = engine.info(beam)
+    info["limits"] = dataclasses.asdict(limits) | {
+        "max_beam": MAX_BEAM, "max_pieces": engine.max_pieces, "max_body_bytes": limits.max_body_bytes()}
     info["versions"] |= {"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
 
     @app.post("/v1/translate", response_model=TranslateResponse)
@@ -146,6 +167,7 @@ def create_app(engine: Engine, limits: Limits, beam: int) -> FastAPI:
         options = Options(body.beam or beam, body.nbest, body.alignments, body.attention)
         check_request(body, options, limits)
         sources = engine.encode(body.text)
+        check_pieces(sources, engine.max_pieces)
         return {"results": await request.app.state.batcher.translate(sources, options)}
 
     @app.get("/v1/health")
@@ -173,10 +195,21 @@ def check_request(body: TranslateRequest, options: Options, limits: Limits) -> N
     for k, line in enumerate(body.text):
         if len(line) > limits.max_chars:
             raise BadRequest(413, f"text[{k}]", f"{len(line)} characters; at most {limits.max_chars} per line")
+        if not valid_unicode(line):
+            raise BadRequest(422, f"text[{k}]", "not valid Unicode (a lone surrogate)")
         if "\n" in line or "\r" in line:
             raise BadRequest(422, f"text[{k}]", "a line break inside a line; send each line as its own item")
     if options.nbest > options.beam:
         raise BadRequest(422, "nbest", f"{options.nbest} is more than the beam size ({options.beam})")
+
+
+def check_pieces(sources: list[list[int]], max_pieces: int) -> None:
+    """A line longer than the model takes is refused: cut, its translation would be of its
+    first part only, and the client would not know."""
+    for k, ids in enumerate(sources):
+        if len(ids) > max_pieces:
+            raise BadRequest(422, f"text[{k}]", f"{len(ids)} pieces (subwords); the model takes at most "
+                                                f"{max_pieces} a line: split it into sentences")
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -202,7 +235,9 @@ def add_error_handlers(app: FastAPI) -> None:
 
 class RequestLog:
     """ASGI middleware: one line per request on stderr (method, path, status, lines, ms), and
-    a 413 for a body larger than any valid request could be, before it is read."""
+    a 413 for a body larger than any valid request could be: at once from its Content-Length,
+    else as soon as the bytes received pass the limit (a chunked body has no length), so that
+    the rest of it is never read into memory."""
 
     def __init__(self, app, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
@@ -217,24 +252,55 @@ class RequestLog:
                 status[0] = message["status"]
             await send(message)
 
-        length = dict(scope["headers"]).get(b"content-length", b"0")
         try:
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                response = error_response(413, "body", f"{int(length)} bytes; at most {self.max_body_bytes}")
-                await response(scope, receive, send_logged)
-            else:
-                await self.app(scope, receive, send_logged)
+            body, refused = await self._read_body(scope, receive)
+            if refused:
+                await error_response(413, "body", refused)(scope, receive, send_logged)
+            elif body is not None:  # None: the client went away before it was sent
+                await self.app(scope, replay(body, receive), send_logged)
         except Exception:
             status[0] = status[0] or 500  # answered by uvicorn's last-resort handler
             raise
         finally:
             self._log(scope, status[0], start)
 
+    async def _read_body(self, scope, receive) -> tuple[Optional[bytes], Optional[str]]:
+        """(the body, None), or (None, why it is refused) having read no more than the limit."""
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return None, f"{int(length)} bytes; at most {self.max_body_bytes}"
+        chunks, received = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None, None
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_body_bytes:
+                return None, f"more than {self.max_body_bytes} bytes; at most {self.max_body_bytes}"
+            if not message.get("more_body"):
+                return b"".join(chunks), None
+
     @staticmethod
     def _log(scope, status: int, start: float) -> None:
         lines = scope.get("state", {}).get("lines", "-")
         log.info("%s %s %d %s lines %.1f ms", scope["method"], scope["path"], status, lines,
                  (time.perf_counter() - start) * 1000)
+
+
+def replay(body: bytes, receive):
+    """An ASGI `receive` that gives the app the body already read, then what `receive` gives
+    (the disconnect some responses wait for)."""
+    given = False
+
+    async def receive_again():
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_again
 
 
 def open_socket(host: str, port: int) -> socket.socket:

@@ -30,7 +30,7 @@ from mt.align import teacher_forced_attention, word_alignment
 from mt.checkpoint import Loaded, load_for_inference
 from mt.plot import CheckpointLabel, SentenceAttention, attention_json, checkpoint_label
 from mt.tokenizer import BOS_ID, EOS_ID
-from mt.translate import Translation, fit_source, translate_ids
+from mt.translate import Translation, max_source_pieces, source_ids, translate_ids
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Engine:
         self.loaded = loaded
         self.label = label  # the checkpoint's file name and step
         self.step = label.step
+        self.max_pieces = max_source_pieces(loaded)  # a longer line is refused, not cut
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str, device: str) -> Engine:
@@ -70,8 +71,9 @@ class Engine:
         return cls(loaded, checkpoint_label(loaded.path))
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
-        """Piece ids per line, exactly as `mt translate` makes them (over-long lines cut)."""
-        return fit_source(self.loaded, lines)
+        """Piece ids per line, as `mt translate` makes them, but not cut: lines over
+        `max_pieces` are the caller's to refuse."""
+        return source_ids(self.loaded, lines)
 
     def translate(self, sources: Sequence[list[int]], options: Options, batch_tokens: int) -> list[dict]:
         """One result per source: translation, score, and when asked alignments, n-best, attention."""

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from mt import distributed, rundir
+from mt import distributed, rundir, signals
 from mt.batching import Batch, collate
 from mt.checkpoint import Loaded, load_for_inference, make_checkpoint, rng_states, save_checkpoint
 from mt.config import Config
@@ -31,7 +31,7 @@ from mt.device import free_cached_memory, is_out_of_memory, resolve_device
 from mt.errors import Interrupted, MtError
 from mt.evaluate import score, score_test_sets
 from mt.loss import token_loss
-from mt.meter import Meter
+from mt.meter import SLOW_CHECK_STEPS, Meter, warn_if_slow
 from mt.model import attention_backends
 from mt.prepare import prepare
 from mt.run import Run, State, check_run_dir, count_parameters, make_run, resume
@@ -65,13 +65,19 @@ def start(cfg: Config, device: str = "auto", restart: bool = False) -> tuple[Run
 def run_training(run: Run, state: State) -> list[dict]:
     """The loop, then the test-set scores of the best checkpoint (rank 0; [] elsewhere).
 
-    Raises `Interrupted` when a signal stopped training (after saving the step)."""
+    Raises `Interrupted` when a signal stopped training (after saving the step; a second
+    signal: at once, without saving)."""
     if run.is_main:
         log.info("training on %s (%s), %d parameters, %d batches per epoch%s",
                  run.device, run.autocast_dtype or torch.float32, count_parameters(run.raw_model),
                  run.stream.batches_per_epoch(), f", {run.dist.world} processes" if run.dist.world > 1 else "")
-    with stop_signals(state):
-        state = loop(run, state)
+    with signals.handled(stop_handler(state)):
+        try:
+            state = loop(run, state)
+        except KeyboardInterrupt:  # a second signal: said so already
+            if not state.stop_requested:
+                raise
+            raise Interrupted(state.stop_requested) from None
     scores = finish(run) if run.is_main and not state.stop_requested else []
     run.dist.close()
     if state.stop_requested:  # saved, but not finished: exit as a signal-stopped program does (130, 143)
@@ -83,13 +89,32 @@ def run_training(run: Run, state: State) -> list[dict]:
 
 
 def loop(run: Run, state: State) -> State:
-    t = run.cfg.training
     batches = run.stream(state.position)
     # a bar redrawn in place only on a terminal; in a log file, one plain line per log_every
     bar = tqdm(total=planned_steps(run), initial=state.step, disable=not run.is_main or not sys.stderr.isatty(),
                dynamic_ncols=True, unit="step", desc="train")
+    try:
+        if state.validation_due:  # stopped during a validation last time: do it now
+            validate_and_record(run, state)
+        steps(run, state, batches, bar)
+    finally:  # on an error too: the bar ends its line before the message, the batch thread before us
+        bar.close()
+        getattr(batches, "close", lambda: None)()
+    if state.step and state.saved_step != state.step:
+        save(run, state)  # after out-of-memory skips too: they left the parameters as they were
+    if state.failed:
+        raise MtError(state.failed)
+    if state.stop_requested and run.is_main:
+        log.info("%s: saved step %d; run `mt train` again to continue%s", state.stop_requested, state.step,
+                 " (it validates that step first)" if state.validation_due else "")
+    return state
+
+
+def steps(run: Run, state: State, batches, bar: tqdm) -> None:
+    """Update after update until a limit, a signal or a failure says stop."""
+    t = run.cfg.training
     meter = Meter(run.raw_model, run.device, run.dist.world)
-    start = time.monotonic()
+    start, first_step = time.monotonic(), state.step
     run.model.train()
     while not should_stop(run, state, start):
         group = [next(batches) for _ in range(t.update_freq)]
@@ -101,17 +126,10 @@ def loop(run: Run, state: State) -> State:
         # with update_freq > 1 an epoch can end inside the group
         epoch_ended = any(p.batches_done == run.stream.batches_per_epoch() for p, _ in group)
         maybe_log(run, state, meter, bar)
+        if run.is_main and loss is not None and state.step == first_step + SLOW_CHECK_STEPS:
+            warn_if_slow(run.cfg, run.device, planned_steps(run), state.step, (time.monotonic() - start) / SLOW_CHECK_STEPS)
         maybe_validate(run, state, epoch_ended)
         maybe_save(run, state)
-    bar.close()
-    getattr(batches, "close", lambda: None)()  # the background batch thread ends before we do
-    if state.step and state.saved_step != state.step:
-        save(run, state)  # after out-of-memory skips too: they left the parameters as they were
-    if state.failed:
-        raise MtError(state.failed)
-    if state.stop_requested and run.is_main:
-        log.info("%s: saved step %d; run `mt train` again to continue", state.stop_requested, state.step)
-    return state
 
 
 def planned_steps(run: Run) -> Optional[int]:
@@ -265,40 +283,66 @@ def record(run: Run, state: State, entry: dict) -> None:
 
 
 def maybe_validate(run: Run, state: State, epoch_ended: bool) -> None:
+    if state.step and (state.step % run.cfg.training.validate_every == 0 or epoch_ended):
+        validate_and_record(run, state)
+
+
+def validate_and_record(run: Run, state: State) -> None:
+    """Validate; keep best.pt and the early-stopping count; a row in metrics.jsonl. A stop
+    request abandons the validation: no row, and the saved step validates first when resumed."""
     t = run.cfg.training
-    if state.step == 0 or not (state.step % t.validate_every == 0 or epoch_ended):
+    result = validate(run, state)
+    state.validation_due = result is None
+    if result is None:
         return
-    result = validate(run)
     metric = result["dev_bleu"] if t.early_stopping.metric == "bleu" else -result["dev_loss"]
     improved = state.best is None or metric > state.best
     state.bad_validations = 0 if improved else state.bad_validations + 1
     if improved:
-        state.best = metric
+        state.best, state.best_metric = metric, t.early_stopping.metric
         if run.is_main:
             best = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved())
             save_checkpoint(rundir.named_checkpoint(run.run_dir, "best"), best)
     if run.is_main:
-        tqdm.write(f"step {state.step}: dev loss {result['dev_loss']:.3f}, ppl {result['dev_ppl']:.2f}, "
-                   f"BLEU {result['dev_bleu']:.2f}{' (best)' if improved else ''}")
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f%s", state.step, result["dev_loss"], result["dev_ppl"],
+                 result["dev_bleu"], " (best)" if improved else "")  # stderr and train.log; stdout holds results
         log.debug("validation at step %d: %s", state.step, result)
         record(run, state, {"step": state.step, "epoch": state.position.epoch, **result})
 
 
-def validate(run: Run) -> dict:
-    """Dev loss and perplexity (teacher forcing) and dev BLEU (greedy), same on every rank."""
+class Abandoned(Exception):
+    """A validation given up because a stop was asked for."""
+
+
+def validate(run: Run, state: State) -> Optional[dict]:
+    """Dev loss and perplexity (teacher forcing) and dev BLEU (greedy), same on every rank; None
+    when a stop request came in (looked at between batches, so it is answered within one)."""
+    def check_stop() -> None:
+        if state.stop_requested:
+            raise Abandoned
+    dev, state.validating = run.dev, True  # from here a stop request abandons the validation
+    if run.is_main:
+        log.info("step %d: validating on %d dev sentences", state.step, len(dev.src_lines))
     run.model.eval()
-    dev = run.dev
     nll, tokens = 0.0, 0
-    with torch.inference_mode(), attention_backends():
-        for indices in dev.batches:
-            batch = collate(dev.ids.src, dev.ids.trg, indices, max_len=run.cfg.model.max_len).to(run.device)
-            with run.autocast():
-                nll += token_loss(run.raw_model, batch, 0.0).item()
-            tokens += batch.trg_tokens
-    loaded = Loaded(run.raw_model, run.cfg, run.tokenizer, None, run.device, run.autocast_dtype)
-    hyps = translate_lines(loaded, dev.src_lines, beam=1, batch_tokens=run.cfg.decoding.batch_tokens)
+    try:
+        with torch.inference_mode(), attention_backends():
+            for indices in dev.batches:
+                check_stop()
+                batch = collate(dev.ids.src, dev.ids.trg, indices, max_len=run.cfg.model.max_len).to(run.device)
+                with run.autocast():
+                    nll += token_loss(run.raw_model, batch, 0.0).item()
+                tokens += batch.trg_tokens
+        loaded = Loaded(run.raw_model, run.cfg, run.tokenizer, None, run.device, run.autocast_dtype)
+        hyps = translate_lines(loaded, dev.src_lines, beam=1, batch_tokens=run.cfg.decoding.batch_tokens,
+                               between_batches=check_stop)
+        check_stop()  # a request during the last batch too
+    except Abandoned:
+        return None
+    finally:
+        state.validating = False
+        run.model.train()
     bleu = score(hyps, dev.trg_lines, "dev")["bleu"]
-    run.model.train()
     return {"dev_loss": nll / tokens, "dev_ppl": math.exp(min(nll / tokens, 50)), "dev_bleu": bleu}
 
 
@@ -318,55 +362,27 @@ def save(run: Run, state: State) -> None:
         return
     ckpt = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved(), run.optimizer, run.scheduler,
                            run.scaler, rng)
-    with signals_wait(state.step):  # a Ctrl-C now would leave the user unsure what was saved
+    # the write is short, and stopping in it would leave the user unsure which step was saved
+    with signals.handled(lambda sig: log.warning("saving step %d; one moment", state.step)):
         save_checkpoint(rundir.step_checkpoint(run.run_dir, state.step), ckpt)
     for old in rundir.step_checkpoints(run.run_dir)[: -run.cfg.training.keep_checkpoints]:
         old.unlink(missing_ok=True)
 
 
-class stop_signals:
-    """Ctrl-C and SIGTERM ask the loop to stop after the current update and save there."""
-
-    def __init__(self, state: State):
-        self.state, self.previous = state, {}
-
-    def __enter__(self):
-        def handler(signum, frame):
-            if self.state.stop_requested:  # a second Ctrl-C: stop right now
-                saved = self.state.saved_step
-                log.warning("stopped without saving step %d (%s)", self.state.step,
-                            f"the newest checkpoint is step {saved}" if saved > 0 else "no checkpoint saved yet")
-                raise KeyboardInterrupt
-            self.state.stop_requested = signal.Signals(signum).name
-            log.warning("%s: finishing step %d, then saving it (Ctrl-C again to quit without saving)",
-                        self.state.stop_requested, self.state.step + 1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
-
-
-class signals_wait:
-    """While a checkpoint is written, Ctrl-C and SIGTERM only say to wait: the write is short,
-    and stopping in it would leave the user unsure which step was saved."""
-
-    def __init__(self, step: int):
-        self.step, self.previous = step, {}
-
-    def __enter__(self):
-        def handler(signum, frame):
-            log.warning("saving step %d; one moment", self.step)
-        if signal.getsignal(signal.SIGINT) is not None:  # None: not set from Python; leave it
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
+def stop_handler(state: State):
+    """The first Ctrl-C or SIGTERM asks the loop to stop at the next point it can (after the
+    current update, or between two batches of a validation) and save there; a second one stops
+    at once, without saving, and exits as the first would have (130, 143)."""
+    def handler(sig: signal.Signals) -> None:
+        if state.stop_requested:
+            saved = state.saved_step
+            log.warning("%s again: stopped without saving step %d (%s)", sig.name, state.step,
+                        f"the newest checkpoint is step {saved}" if saved > 0 else "no checkpoint saved yet")
+            raise KeyboardInterrupt  # not an Exception: no `except Exception` on the way swallows it
+        state.stop_requested = sig.name
+        doing = f"abandoning the validation of step {state.step}" if state.validating else f"finishing step {state.step + 1}"
+        log.warning("%s: %s, then saving (Ctrl-C again to quit without saving)", sig.name, doing)
+    return handler
 
 
 def finish(run: Run) -> list[dict]:

@@ -21,7 +21,7 @@ import select
 import sys
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional, Sequence, TextIO
+from typing import BinaryIO, Callable, Iterator, Optional, Sequence, TextIO
 
 import torch
 from tqdm import tqdm
@@ -49,13 +49,15 @@ class Translation:
 
 def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[int] = None, nbest: int = 1,
                   batch_tokens: Optional[int] = None, record_attention: bool = False,
-                  progress: bool = False) -> list[Translation]:
+                  progress: bool = False, between_batches: Callable[[], None] = lambda: None) -> list[Translation]:
     """Search every source (piece ids, no EOS) and return the results in input order.
 
     Sources must already fit the model (see `fit_source`); empty ones are not searched. With
     `record_attention` each hypothesis carries the cross-attention that produced it (see
     `Hypothesis.attention`); `mt.align.teacher_forced_attention` gives all three kinds. With
     `progress`, a bar on stderr counts the lines, when stderr is a terminal (never in a log).
+    `between_batches` is called before each batch's search: what it raises ends the translation
+    (training abandons a validation so).
     """
     dec = loaded.cfg.decoding
     beam = beam or dec.beam
@@ -70,6 +72,7 @@ def translate_ids(loaded: Loaded, src_ids: Sequence[list[int]], beam: Optional[i
                disable=not progress or not sys.stderr.isatty())
     # batch size is counted in source tokens times beam: that is what the decoder holds
     for batch in make_batches(lengths, lengths, max(batch_tokens // beam, 1)):
+        between_batches()
         indices = [todo[k] for k in batch]
         found = _search(loaded, [src_ids[i] for i in indices], beam, nbest, record_attention)
         bar.update(len(batch))
@@ -96,27 +99,39 @@ def _search(loaded: Loaded, sources: Sequence[Sequence[int]], beam: int, nbest: 
                            record_attention)
 
 
-def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
-    """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
-    limit = loaded.cfg.model.max_len - 1  # one position is the source EOS
+def max_source_pieces(loaded: Loaded) -> int:
+    """The most pieces of a source line the model takes: one position is the source EOS."""
+    return loaded.cfg.model.max_len - 1
+
+
+def source_ids(loaded: Loaded, lines: Sequence[str]) -> list[list[int]]:
+    """Piece ids per line, not cut to the model's maximum; whitespace-only lines give []."""
     cleaned = [line.replace("\0", " ").strip() for line in lines]
     encoded = loaded.tokenizer.encode_src(cleaned)
+    return [ids if text else [] for ids, text in zip(encoded, cleaned)]
+
+
+def fit_source(loaded: Loaded, lines: Sequence[str], first_line: int = 1) -> list[list[int]]:
+    """Piece ids per line; whitespace-only lines give []; over-long lines are cut with a warning."""
+    limit = max_source_pieces(loaded)
+    encoded = source_ids(loaded, lines)
     for k, ids in enumerate(encoded):
         if len(ids) > limit:
             log.warning("warning: line %d: %d pieces, cut to the model's maximum of %d", first_line + k, len(ids), limit)
             encoded[k] = ids[:limit]
-    return [ids if text else [] for ids, text in zip(encoded, cleaned)]
+    return encoded
 
 
 def translate_lines(loaded: Loaded, lines: Sequence[str], beam: Optional[int] = None, nbest: int = 1,
                     batch_tokens: Optional[int] = None, alignments: bool = False,
-                    first_line: int = 1, progress: bool = False) -> list[str]:
+                    first_line: int = 1, progress: bool = False,
+                    between_batches: Callable[[], None] = lambda: None) -> list[str]:
     """Detokenized output lines for `lines`: one per line, or `nbest` per line in Moses n-best
     format (`index ||| translation ||| score`); with `alignments`, `i-j` pairs follow after a tab
-    (one best) or as a fourth `|||` field (n-best)."""
+    (one best) or as a fourth `|||` field (n-best). `between_batches`: see `translate_ids`."""
     src_ids = fit_source(loaded, lines, first_line)
     results = translate_ids(loaded, src_ids, beam, nbest, batch_tokens, record_attention=alignments,
-                            progress=progress)
+                            progress=progress, between_batches=between_batches)
     out = []
     for k, result in enumerate(results):
         texts = loaded.tokenizer.decode_trg([h.tokens for h in result.hyps])

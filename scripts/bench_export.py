@@ -13,11 +13,14 @@ passes counts. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
+import ctranslate2
 import torch
 
 from mt.checkpoint import load_for_inference
@@ -50,10 +53,11 @@ def main() -> None:
     loaded = load_for_inference(args.run_dir, args.checkpoint, "cpu")
     sources, refs = read_lines(args.src), read_lines(args.ref)
     threads = torch.get_num_threads()
-    result = {"device": f"cpu ({threads} threads)", "torch": torch.__version__, "sentences": len(sources),
-              "checkpoint": str(loaded.path), "runs": []}
+    result = {"device": f"cpu ({threads} threads)", "torch": torch.__version__, "ctranslate2": ctranslate2.__version__,
+              "date": datetime.date.today().isoformat(), "load_average_start": os.getloadavg()[0],
+              "sentences": len(sources), "checkpoint": str(loaded.path), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        engines = {"mt": None}
+        engines = {"mt translate": None}
         for quantization in ("none", "int8"):
             folder = export_run(args.run_dir, Path(tmp) / quantization, args.checkpoint, quantization=quantization)
             engines[f"ctranslate2 {'float32' if quantization == 'none' else quantization}"] = ExportedModel(
@@ -73,6 +77,7 @@ def main() -> None:
                 result["runs"].append(row)
                 print(f"{name:20s} beam {beam}: {row['seconds']:8.2f} s {row['sentences_per_s']:8.1f} sent/s  "
                       f"BLEU {row['bleu']:6.2f}  identical to mt: {row['identical_to_mt']}/{len(sources)}")
+    result["load_average_end"] = os.getloadavg()[0]  # a busy machine makes the times, not the ratios, noisy
     print(json.dumps(result))
 
 

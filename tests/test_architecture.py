@@ -32,11 +32,11 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0, "exported_translate": 0,
-    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1,
+    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1, "signals": 1,
     "config": 2, "idcache": 2,
     "data": 3, "tokenizer": 3, "device": 3, "model": 3,
     "rundir": 4, "batching": 4, "search": 4, "distributed": 4,
-    "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5,
+    "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5, "options": 5,
     "translate": 6, "run": 6, "export": 6,
     "evaluate": 7, "plot": 7,
     "train": 8, "serve_worker": 8,
@@ -100,7 +100,7 @@ def test_only_main_imports_cli_and_only_faces_print_or_exit():
 
 def test_config_files_and_cli_import_no_torch():
     """`mt --help` and config errors stay instant."""
-    for name in ("config", "errors", "files", "cli"):
+    for name in ("config", "errors", "files", "options", "cli"):
         tree = modules()[name]
         names = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                  for alias in node.names} | {node.module for node in ast.walk(tree)

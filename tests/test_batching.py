@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mt.batching import BatchStream, Position, collate, epoch_order, make_batches, round_up
+from mt.batching import BatchStream, Position, collate, epoch_order, make_batches, round_up, sort_by_lengths
 from mt.idcache import Ragged, load_ids, save_ids
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -124,6 +124,13 @@ def test_batches_are_exactly_those_of_the_per_sentence_loop(seed):
     batches = make_batches(src, trg, batch_tokens, pad_multiple)
     assert [b.tolist() for b in batches] == loop_batches(src, trg, batch_tokens, pad_multiple)
     assert sorted(itertools.chain.from_iterable(b.tolist() for b in batches)) == list(range(count))
+
+
+@pytest.mark.parametrize("longest", [300, 70_000])  # the radix sorts, and lexsort beyond 16 bits
+def test_sorting_by_lengths_keeps_lexsorts_order_ties_included(longest):
+    rng = np.random.default_rng(longest)
+    src, trg = rng.integers(1, longest, 50_000), rng.integers(1, 40, 50_000)  # many ties
+    assert np.array_equal(sort_by_lengths(src, trg), np.lexsort((src, trg)))
 
 
 def test_no_sentences_make_no_batches():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 
 import pytest
 
-from conftest import error_line, run_mt
+from conftest import ROOT, error_line, make_toy_data, run_mt
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -93,3 +95,28 @@ def test_eval_prints_a_table_and_labelled_signatures_without_sacrebleu_chatter(t
     assert "baseline" in both.stdout.splitlines()[1]
     assert any(line.startswith("BLEU signature: ") and "bs:1000" in line for line in both.stdout.splitlines())
     assert "Pre-computing" not in both.stderr and both.stderr.strip() == ""
+
+
+def test_readme_config_errors_are_what_mt_prints(tmp_path):
+    """Each `$ mt config ...` sample in README's Configuration section, run as it says (from a
+    repository root, here a copy of its configs with toy data), prints the error shown under it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Mistakes are caught at load", 1)[1].split("```", 2)[1]
+    samples = re.findall(r"^\$ mt (.+)\n(error: .+)$", block, re.M)
+    assert len(samples) == 4, block
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    make_toy_data(tmp_path / "data/toy", train=20, dev=5, test=5)
+    toy = (tmp_path / "configs/toy.yaml").read_text(encoding="utf-8")
+    (tmp_path / "my.yaml").write_text(toy.replace("\ntraining:", "\ntrainig:"), encoding="utf-8")
+    (tmp_path / "bad.yaml").write_text("run_dir: [runs/x\n", encoding="utf-8")
+    for command, expected in samples:
+        result = run_mt(*shlex.split(command), check=False, cwd=tmp_path)
+        assert "error: " + error_line(result).replace(str(tmp_path), "/home/me/mt") == expected, command
+
+
+def test_a_folder_mt_did_not_make_is_refused_naming_the_option_that_gave_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    result = run_mt("average", "--run-dir", str(tmp_path), check=False)
+    assert result.returncode == 1 and error_line(result).endswith("give --run-dir a run dir that mt train made")
+    assert "run_dir" not in error_line(result).replace("--run-dir", "")  # mt average has no config key to set
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing written there

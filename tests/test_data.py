@@ -18,7 +18,7 @@ from mt.config import DataConfig, FilterConfig
 from mt.data import (MULTI30K_SHA256, PairFilter, corpus_tests, count_lines, filter_pairs, input_sums, load_ids,
                      read_parallel, read_parallel_chunks, resolve_files, save_ids)
 from mt.errors import MtError
-from mt.files import sha256_file
+from mt.files import read_lines, sha256_file
 from mt.idcache import IdCacheWriter
 
 
@@ -60,6 +60,19 @@ def test_invalid_utf8_in_gz_names_file_and_line(tmp_path):
     trg = write_lines(tmp_path / "train.en", ["ok", "broken"])
     with pytest.raises(MtError, match=rf"^{src}:2: invalid UTF-8$"):
         read_parallel(src, trg)
+
+
+def test_lines_across_read_blocks_are_whole_and_errors_name_the_right_line(tmp_path):
+    # the reader decodes blocks of about 1 MB: a line longer than a block, many blocks, CRLF
+    # endings and a last line without a newline must read as they would one at a time
+    lines = ["kurz", "ä" * 1_500_000, ""] + [f"Zeile {i} ü" for i in range(200_000)] + ["ende"]
+    path = tmp_path / "big.txt"
+    path.write_bytes(("\r\n".join(lines[:3]) + "\n" + "\n".join(lines[3:])).encode())
+    assert read_lines(path) == lines
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(("\n".join(lines[:-1]) + "\n").encode() + b"kaputt \xff\n")
+    with pytest.raises(MtError, match=rf"broken.txt:{len(lines)}: invalid UTF-8"):
+        read_lines(broken)
 
 
 def test_empty_corpus_is_an_error(tmp_path):

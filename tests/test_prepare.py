@@ -91,6 +91,7 @@ def test_prepare_writes_the_run_directory(toy):
     toy.prepare()
     cache = [f"cache/{split}/{name}" for split in ("dev", "train")
              for name in ("index.json", "src.offsets", "src.tokens", "trg.offsets", "trg.tokens")]
+    cache.insert(5, "cache/input_sums.json")
     assert sorted(snapshot(toy.run_dir)) == [*cache, "config.yaml", "manifest.json", f"tokenizer/{JOINT_MODEL}"]
     manifest = json.loads((toy.run_dir / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 500, "train_kept": 500, "dev": 100, "test": {}}
@@ -174,7 +175,7 @@ def test_a_run_dir_with_the_earlier_npz_cache_is_still_prepared_and_force_renews
     assert "already prepared (nothing changed)" in caplog.text
     assert [a.tolist() for a in load_ids(toy.run_dir / "cache/train").trg] == [a.tolist() for a in ids["train"].trg]
     toy.prepare(force=True)
-    assert sorted(p.name for p in (toy.run_dir / "cache").iterdir()) == ["dev", "train"]
+    assert sorted(p.name for p in (toy.run_dir / "cache").iterdir()) == ["dev", "input_sums.json", "train"]
     assert [a.tolist() for a in load_ids(toy.run_dir / "cache/train").trg] == [a.tolist() for a in ids["train"].trg]
 
 
@@ -205,6 +206,60 @@ def test_a_model_setting_change_keeps_the_data_and_updates_the_config(toy):
     for name in ("cache/train/src.tokens", "cache/dev/trg.tokens", f"tokenizer/{JOINT_MODEL}"):
         assert after[name] == before[name], f"{name} was redone for a model setting"
     assert load_config(toy.run_dir / "config.yaml").model.d_model == 32
+
+
+def test_an_input_of_unchanged_size_and_mtime_is_not_read_again(toy, caplog):
+    # the documented rule: same size and mtime = same bytes. Proven by a file whose bytes change
+    # behind prepare's back (same size, mtime put back): had it been read, the data would differ
+    toy.prepare()
+    recorded = json.loads((toy.run_dir / "cache/input_sums.json").read_text())[str(toy.train_src)]
+    assert recorded == {"size": toy.train_src.stat().st_size, "mtime_ns": toy.train_src.stat().st_mtime_ns,
+                        "sha256": hashlib.sha256(toy.train_src.read_bytes()).hexdigest()}
+    before = snapshot(toy.run_dir)
+    lines = toy.train_src.read_text(encoding="utf-8").splitlines()
+    write_lines(toy.train_src, lines[1:] + lines[:1])  # the same bytes in another order
+    os.utime(toy.train_src, ns=(recorded["mtime_ns"], recorded["mtime_ns"]))
+    with caplog.at_level(logging.INFO, logger="mt.prepare"):
+        toy.prepare()
+    assert "already prepared (nothing changed)" in caplog.text
+    assert snapshot(toy.run_dir) == before
+
+
+@pytest.mark.parametrize("change", ["mtime", "size"])
+def test_an_input_whose_size_or_mtime_changed_is_read_again(toy, change):
+    toy.prepare()
+    mtime = toy.train_src.stat().st_mtime_ns
+    lines = toy.train_src.read_text(encoding="utf-8").splitlines()
+    if change == "mtime":  # the same size: the same bytes in another order, written now
+        lines = lines[1:] + lines[:1]
+        write_lines(toy.train_src, lines)
+    else:  # another size, its mtime put back
+        lines = ["Ein Wal schwimmt."] + lines[1:]
+        write_lines(toy.train_src, lines)
+        os.utime(toy.train_src, ns=(mtime, mtime))
+    toy.prepare()
+    manifest = json.loads((toy.run_dir / "manifest.json").read_text())
+    assert manifest["files"]["train"]["src"]["sha256"] == hashlib.sha256(toy.train_src.read_bytes()).hexdigest()
+    tokenizer = Tokenizer.load(toy.run_dir / "tokenizer")
+    assert load_ids(toy.run_dir / "cache/train").src[0].tolist() == tokenizer.encode_src(lines[:1])[0]
+
+
+def test_moved_data_and_an_added_test_set_update_only_the_records(toy):
+    toy.prepare()
+    before = snapshot(toy.run_dir)
+    moved = toy.folder / "moved"
+    moved.mkdir()
+    for path in (toy.train_src, toy.train_trg, toy.dev_src, toy.dev_trg):
+        shutil.copy2(path, moved / path.name)
+    toy.prepare(f"data.train.src={moved / 'train.de'}", f"data.train.trg={moved / 'train.en'}",
+                f"data.test={{extra: {{src: {toy.dev_src}, trg: {toy.dev_trg}}}}}")
+    after = snapshot(toy.run_dir)
+    made = [name for name in before if name.startswith(("tokenizer/", "cache/train/", "cache/dev/"))]
+    assert made and all(after[name] == before[name] for name in made)
+    manifest = json.loads((toy.run_dir / "manifest.json").read_text())
+    assert manifest["files"]["train"]["src"]["path"] == str(moved / "train.de")
+    assert manifest["files"]["test"]["extra"]["src"]["path"] == str(toy.dev_src)
+    assert manifest["counts"]["test"] == {"extra": 100}
 
 
 def test_force_redoes_it(toy):

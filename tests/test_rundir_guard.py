@@ -1,16 +1,21 @@
 """A run dir that cannot be corrupted (issue 16): one writer at a time, only in folders mt made,
-no output option that overwrites an input or a run's records, nothing half-written left behind."""
+its tokenizer tied to its weights, no output option that overwrites an input or a run's records,
+nothing half-written left behind."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import error_line, run_mt
+from conftest import error_line, run_mt, toy_config
 
 HOLDER = """
 import sys
@@ -189,3 +194,75 @@ def test_average_refuses_checkpoints_of_another_tokenizer_naming_them(toy_run, t
     assert result.returncode == 1
     assert f"{newest.name} were trained with another tokenizer" in error_line(result)
     assert not (run_dir / "checkpoints" / "averaged.pt").exists()
+
+
+# ----------------------------------------------------------------------------- the tokenizer belongs to the weights
+
+
+def trained_copy(toy_run: Path, tmp_path: Path, data_name: str = "data") -> tuple[Path, Path]:
+    """A copy of the session's trained toy run, its data in tmp_path/data_name; (config, run_dir)."""
+    shutil.copytree(toy_run / "data", tmp_path / data_name)
+    shutil.copytree(toy_run / "run", tmp_path / "run")
+    return toy_config(tmp_path / "toy.yaml", tmp_path / data_name, tmp_path / "run"), tmp_path / "run"
+
+
+def made_by_prepare(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """The tokenizer and id cache files: mtime and bytes."""
+    files = [p for p in sorted(run_dir.rglob("*")) if p.is_file() and p.parent.name in ("tokenizer", "train", "dev")]
+    assert files
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+def test_training_data_changed_in_place_on_a_trained_run_is_refused(toy_run, tmp_path):
+    config, run_dir = trained_copy(toy_run, tmp_path)
+    train_src = tmp_path / "data/train.src"
+    lines = train_src.read_text(encoding="utf-8").splitlines()
+    train_src.write_text("".join(line + "\n" for line in reversed(lines)), encoding="utf-8")  # same size, new content
+    before, steps = made_by_prepare(run_dir), sorted((run_dir / "checkpoints").iterdir())
+    for command in ("prepare", "train"):
+        result = run_mt(command, "--config", str(config), check=False)
+        assert result.returncode == 1
+        line = error_line(result)
+        assert line.startswith(f"data.train.src ({train_src}): content changed"), line
+        assert "new folder" in line and "`mt train --restart`" in line
+    assert made_by_prepare(run_dir) == before
+    assert sorted((run_dir / "checkpoints").iterdir()) == steps
+    run_mt("train", "--config", str(config), "--restart", "--set", "training.max_steps=1")  # the way out offered
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["files"]["train"]["src"]["sha256"] == hashlib.sha256(train_src.read_bytes()).hexdigest()
+    assert [p.name for p in (run_dir / "checkpoints").glob("step_*.pt")] == ["step_0000001.pt"]
+
+
+def test_the_same_data_moved_with_a_test_set_added_resumes_and_scores_it(toy_run, tmp_path):
+    config, run_dir = trained_copy(toy_run, tmp_path, data_name="moved")
+    data = tmp_path / "moved"
+    for side in ("src", "trg"):
+        lines = (data / f"test.{side}").read_text(encoding="utf-8").splitlines()[:50]
+        (data / f"extra.{side}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["test"]["extra"] = {"src": str(data / "extra.src"), "trg": str(data / "extra.trg")}
+    config.write_text(yaml.safe_dump(cfg))
+    before, steps = made_by_prepare(run_dir), sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    result = run_mt("train", "--config", str(config))  # resumes at its last step: only scores the test sets
+    assert [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("extra ")] == [["extra", "50"]]
+    assert made_by_prepare(run_dir) == before  # tokenizer and id caches untouched: bytes and mtime
+    assert sorted((run_dir / "checkpoints").glob("step_*.pt")) == steps
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["files"]["train"]["src"]["path"] == str(data / "train.src")
+    assert manifest["files"]["test"]["extra"]["trg"]["path"] == str(data / "extra.trg")
+    assert "extra" in yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["test"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_tokenizer(toy_run, tmp_path):
+    import torch
+
+    config, run_dir = trained_copy(toy_run, tmp_path)
+    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(newest, weights_only=False)
+    state["tokenizer"] = {**state["tokenizer"], "models": {"joint.model": "0" * 64}}
+    torch.save(state, newest)
+    result = run_mt("train", "--config", str(config), "--set", "training.max_steps=900", check=False)
+    assert result.returncode == 1
+    line = error_line(result)
+    assert line.startswith(f"{newest}: this checkpoint was trained with another tokenizer") and "--restart" in line
+    assert sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1] == newest

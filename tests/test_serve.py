@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -101,7 +102,8 @@ BAD_REQUESTS = [  # (body, status, field named in the error)
     ({"text": ["x"] * 65}, 413, "text"),
     ({"text": ["x", "y" * 1001]}, 413, "text[1]"),
     ({"text": ["two\nlines"]}, 422, "text[0]"),
-    (b'{"text": ["' + b"z" * 400_000 + b'"]}', 413, "body"),
+    (b'{"text": ["x"], "\\ud800": 1}', 422, "body"),  # a field name that is a lone surrogate
+    (b'{"text": ["' + b"z" * 800_000 + b'"]}', 413, "body"),
 ]
 
 
@@ -112,6 +114,66 @@ def test_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, bo
     assert (got, answer["field"]) == (status, field), answer
     assert answer["error"].startswith(field)
     assert translate(server, lines[:1])[0]["translation"]
+
+
+def test_a_line_longer_than_the_model_takes_is_refused_not_cut(server, lines):
+    long_line = " ".join([lines[0]] * 40)
+    status, answer = call(server.url, "/v1/translate", {"text": [lines[0], long_line]})
+    assert (status, answer.get("field")) == (422, "text[1]"), answer
+    max_pieces = call(server.url, "/v1/info")[1]["limits"]["max_pieces"]
+    assert max_pieces == 63  # the toy model's max_len, less the source EOS
+    assert f"the model takes at most {max_pieces}" in answer["error"]
+
+
+def test_a_lone_surrogate_is_a_422_naming_the_line(server):
+    status, answer = call(server.url, "/v1/translate", raw=b'{"text": ["fine", "a \\ud800 b"]}')
+    assert (status, answer) == (422, {"error": "text[1]: not valid Unicode (a lone surrogate)", "field": "text[1]"})
+    assert not any("Traceback" in line for line in server.stderr)
+
+
+def test_any_request_within_the_limits_is_accepted_however_its_json_is_escaped(server):
+    for line in ("ä" * 1000, "\U0001F600" * 1000):  # json.dumps sends 6 and 12 bytes a character
+        for indent in (None, 4):
+            raw = json.dumps({"text": [line] * 64}, indent=indent).encode()
+            status, answer = call(server.url, "/v1/translate", raw=raw)
+            assert status == 200, (len(raw), answer)
+            assert len(answer["results"]) == 64
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(server, lines):
+    """No Content-Length to check first: the server counts the bytes as they come."""
+    chunk = b'"lodu ridu",' * 10_000  # 120 kB; 160 of them: 25 times the body limit
+
+    def body():
+        yield b'{"text": ['
+        for _ in range(160):
+            yield chunk
+        yield b'"x"]}'
+
+    connection = http.client.HTTPConnection(*server.url.removeprefix("http://").split(":"))
+    peak_before = peak_memory_kb(server.process.pid)
+    connection.request("POST", "/v1/translate", body=body(), headers={"Content-Type": "application/json"},
+                       encode_chunked=True)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert (response.status, answer["field"]) == (413, "body"), answer
+    limit = call(server.url, "/v1/info")[1]["limits"]["max_body_bytes"]
+    assert f"at most {limit}" in answer["error"]
+    if peak_before is not None:  # the body was not held: the server's peak grew by far less than it
+        assert peak_memory_kb(server.process.pid) - peak_before < len(chunk) * 160 // 1024 // 4
+    connection.request("POST", "/v1/translate", body=json.dumps({"text": lines[:1]}),
+                       headers={"Content-Type": "application/json"})  # the same connection goes on
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["results"][0]["translation"]
+
+
+def peak_memory_kb(pid: int):
+    """The process's peak resident memory (VmHWM), or None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def test_health_info_page_and_docs(server):

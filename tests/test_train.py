@@ -118,6 +118,7 @@ def test_prepare_refuses_to_retokenize_a_trained_run(tmp_path, small_data):
     before = {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())}
     result = run_mt("prepare", "--config", str(config), "--set", "tokenizer.vocab_size=60", check=False)
     assert result.returncode != 0 and "another tokenizer config" in result.stderr, result.stderr[-2000:]
+    assert "(tokenizer.vocab_size differs)" in result.stderr and "--restart" not in result.stderr  # prepare has none
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())} == before
     run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")  # its checkpoints still load
 
@@ -221,3 +222,51 @@ def test_the_progress_bar_counts_to_the_max_epochs_stop(tmp_path, small_data):
     # stderr is not a terminal here: plain progress lines, "step N/TOTAL ..."
     assert re.search(rf"^step \d+/{2 * per_epoch} ", result.stderr, re.M), result.stderr
     assert (tmp_path / f"run/checkpoints/step_{2 * per_epoch:07d}.pt").is_file()
+
+
+def test_a_changed_early_stopping_metric_starts_its_comparison_afresh(tmp_path, small_data):
+    """A best BLEU is no bar for a loss: resumed with another training.early_stopping.metric, the
+    comparison starts afresh with a note, and best.pt is replaced at the next validation (not
+    every validation "worse" than a number of another kind, an early stop, a stale best.pt)."""
+    def train(metric: str, steps: int, patience: int = 2) -> str:
+        config = toy_config(tmp_path / f"{metric}.yaml", small_data, tmp_path / "run", training__max_steps=steps,
+                            training__early_stopping={"metric": metric, "patience": patience}, **TINY)
+        return run_mt("train", "--config", str(config)).stderr
+
+    train("bleu", 20, patience=0)
+    newest = tmp_path / "run/checkpoints/step_0000020.pt"
+    old = load_checkpoint(newest)  # as an older mt wrote it: which metric is only in its config
+    old["state"].pop("best_metric", None)
+    save_checkpoint(newest, old)
+    stderr = train("loss", 30)
+    assert "training.early_stopping.metric changed from bleu to loss: the best so far and the patience count " \
+           "start afresh" in stderr
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert best["step"] > 20 and best["state"]["best_metric"] == "loss"
+    assert "training.early_stopping.metric changed from loss to bleu" in train("bleu", 40)
+    best = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert best["step"] > 30 and best["state"]["best_metric"] == "bleu"
+
+
+def test_a_cpu_run_hours_from_its_stop_says_so_once(tmp_path, small_data):
+    config = toy_config(tmp_path / "slow.yaml", small_data, tmp_path / "slow", training__max_steps=10**9, **TINY)
+    process = subprocess.Popen([sys.executable, "-m", "mt", "train", "--config", str(config), "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # read until the estimate appears, or 30 steps passed without it
+        lines.append(line)
+        if "hours away" in line or line.startswith("step 30/"):
+            break
+    process.send_signal(signal.SIGTERM)
+    process.communicate()
+    [warning] = [line for line in lines if "hours away" in line]
+    assert "configs/multi30k_de_en_cpu.yaml" in warning
+
+
+def test_validation_lines_go_to_stderr_and_train_log_and_stdout_holds_only_the_scores(tmp_path, small_data):
+    config = toy_config(tmp_path / "v.yaml", small_data, tmp_path / "run", training__max_steps=10, **TINY)
+    result = run_mt("train", "--config", str(config))
+    assert re.search(r"^step 10: dev loss [\d.]+, ppl [\d.]+, BLEU [\d.]+", result.stderr, re.M), result.stderr
+    assert "step 10: dev loss" in (tmp_path / "run/train.log").read_text(encoding="utf-8")
+    assert "dev loss" not in result.stdout
+    assert result.stdout.splitlines()[0].split() == ["test", "set", "lines", "BLEU", "chrF"]
