@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from mt.idcache import Ragged
+from mt.idcache import Ragged, check_ids
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -123,11 +123,14 @@ def pad_ids(rows: Sequence[Sequence[int]], width: int, *, first: Optional[int] =
 
 
 def collate(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], indices: Sequence[int],
-            pad_multiple: int = 8, max_len: int | None = None) -> Batch:
+            pad_multiple: int = 8, max_len: int | None = None,
+            vocab_sizes: tuple[int, int] | None = None) -> Batch:
     """Pad the chosen sentences into tensors; sources get EOS, targets BOS (in) and EOS (out).
 
     `src` and `trg` are best `Ragged` (the mapped id cache): the rows are then gathered with
-    one fancy index per side, reading only the pages they lie on.
+    one fancy index per side, reading only the pages they lie on. With `vocab_sizes` (source,
+    target), an id outside them is an error naming the cache file, not an index error in the
+    model's embedding.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if not isinstance(src, Ragged):
@@ -136,6 +139,9 @@ def collate(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], indices: Seque
     limit = max_len - 1 if max_len is not None else None  # leave room for BOS/EOS within the model's positions
     src_tokens, src_lengths = _take(src, indices, limit)
     trg_tokens, trg_lengths = _take(trg, indices, limit)
+    if vocab_sizes is not None:
+        check_ids(src_tokens, vocab_sizes[0], src.source)
+        check_ids(trg_tokens, vocab_sizes[1], trg.source)
     src_len = round_up(int(src_lengths.max()) + 1, pad_multiple)
     trg_len = round_up(int(trg_lengths.max()) + 1, pad_multiple)
     if max_len is not None:
@@ -175,19 +181,34 @@ def _pad(tokens: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
 
 @dataclass
 class Position:
-    """Where training is in the data: the epoch, and how many of its batches are done."""
+    """Where training is in the data: the epoch, and how many of its batches are done (by each
+    process: under torchrun, `world` times as many are done over all of them)."""
 
     epoch: int = 1
     batches_done: int = 0
+
+
+def resplit(position: Position, old_world: int, new_world: int) -> Position:
+    """The same place in the data for another number of processes.
+
+    All ranks share one order per epoch, rank r taking batches r, r + world, ...: so the
+    batches done so far over all ranks are the first `batches_done * old_world` of that order,
+    and the new ranks go on from there. Exact when the new number of processes divides them;
+    otherwise rounded up, so that no batch is seen twice in the epoch (up to new_world - 1 are
+    left out of it, as the tail that does not divide among the ranks always is).
+    """
+    done_by_all = position.batches_done * old_world
+    return Position(position.epoch, -(-done_by_all // new_world))
 
 
 class BatchStream:
     """Yields (position after the batch, batch) forever, epoch after epoch, from `position` on."""
 
     def __init__(self, src: Sequence[np.ndarray], trg: Sequence[np.ndarray], batch_tokens: int,
-                 seed: int, max_len: int, rank: int = 0, world: int = 1, pad_multiple: int = 8):
+                 seed: int, max_len: int, rank: int = 0, world: int = 1, pad_multiple: int = 8,
+                 vocab_sizes: tuple[int, int] | None = None):
         self.src, self.trg, self.seed, self.max_len = src, trg, seed, max_len
-        self.rank, self.world, self.pad_multiple = rank, world, pad_multiple
+        self.rank, self.world, self.pad_multiple, self.vocab_sizes = rank, world, pad_multiple, vocab_sizes
         self.batches = make_batches(np.minimum(lengths_of(src), max_len - 1),
                                     np.minimum(lengths_of(trg), max_len - 1), batch_tokens, pad_multiple)
 
@@ -205,7 +226,8 @@ class BatchStream:
         while True:
             order = epoch_order(len(self.batches), self.seed, epoch, self.rank, self.world)
             for k in range(done, len(order)):
-                batch = collate(self.src, self.trg, self.batches[order[k]], self.pad_multiple, self.max_len)
+                batch = collate(self.src, self.trg, self.batches[order[k]], self.pad_multiple, self.max_len,
+                                self.vocab_sizes)
                 yield Position(epoch, k + 1), batch
             epoch, done = epoch + 1, 0
 

@@ -74,8 +74,15 @@ def restore(ckpt: dict, model: Transformer, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
-    set_rng_states(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+    rng = ckpt["rng"]
+    # resumed by more processes than saved it: the ones beyond start from a saved rank's states
+    set_rng_states(rng[rank % len(rng)] if isinstance(rng, list) else rng)
     return ckpt["state"]
+
+
+def saved_world(ckpt: dict) -> int:
+    """How many processes trained the step checkpoint: under torchrun it holds one RNG state per rank."""
+    return len(ckpt["rng"]) if isinstance(ckpt["rng"], list) else 1
 
 
 def rng_states() -> dict:

@@ -22,7 +22,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class Ragged:
 
     tokens: np.ndarray
     offsets: np.ndarray  # len(self) + 1 entries, offsets[0] == 0
+    source: Optional[Path] = None  # the file the tokens are mapped from, for messages
 
     @classmethod
     def from_lists(cls, ids_lists: Sequence[Sequence[int]]) -> Ragged:
@@ -180,7 +181,8 @@ def load_ids(path: str | os.PathLike) -> EncodedSplit:
         return _load_npz(legacy)
     index = _read_index(path)
     sides = {side: Ragged(_map(path, f"{side}.tokens", index["token_dtype"], index[f"{side}_tokens"]),
-                          _map(path, f"{side}.offsets", index["offset_dtype"], index["pairs"] + 1))
+                          _map(path, f"{side}.offsets", index["offset_dtype"], index["pairs"] + 1),
+                          path / f"{side}.tokens")
              for side in SIDES}
     for side, ragged in sides.items():
         if ragged.offsets[0] != 0 or ragged.offsets[-1] != len(ragged.tokens):
@@ -219,8 +221,25 @@ def _load_npz(path: Path) -> EncodedSplit:
             parts = {name: arrays[name] for name in ("src_tokens", "src_offsets", "trg_tokens", "trg_offsets")}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:  # empty, truncated, foreign
         raise _unreadable(path, str(e)) from None
-    return EncodedSplit(src=Ragged(parts["src_tokens"], parts["src_offsets"]),
-                        trg=Ragged(parts["trg_tokens"], parts["trg_offsets"]))
+    return EncodedSplit(src=Ragged(parts["src_tokens"], parts["src_offsets"], path),
+                        trg=Ragged(parts["trg_tokens"], parts["trg_offsets"], path))
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, source: Optional[Path]) -> None:
+    """Refuse ids the model has no embedding for (a foreign or damaged cache), naming the file.
+
+    Called on each batch's tokens as it is made (a few thousand numbers: two passes cost
+    microseconds), not on the whole cache at start-up, which would read every page of a
+    mapped corpus of millions of pairs."""
+    if tokens.size == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low >= 0 and high < vocab_size:
+        return
+    split = source if source is None or source.suffix == ".npz" else source.parent
+    raise MtError(f"{source or 'id cache'}: token id {high if high >= vocab_size else low} is outside the "
+                  f"vocabulary (ids 0-{vocab_size - 1}): this cache was not made by the run's tokenizer; "
+                  f"remove {split or 'it'} and run mt prepare to make it again")
 
 
 def _unreadable(path: Path, why: str) -> MtError:

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from mt import distributed, rundir
-from mt.batching import BatchStream, Position, make_batches
-from mt.checkpoint import build_model, check_identity, load_checkpoint, restore
+from mt.batching import BatchStream, Position, make_batches, resplit
+from mt.checkpoint import build_model, check_identity, load_checkpoint, restore, saved_world
 from mt.config import Config, to_dict
 from mt.device import autocast, autocast_dtype
 from mt.errors import MtError
 from mt.files import read_lines
-from mt.idcache import EncodedSplit, load_ids
+from mt.idcache import EncodedSplit, check_ids, load_ids
 from mt.model import Transformer
 from mt.tokenizer import Tokenizer
 
@@ -150,10 +150,33 @@ def make_run(cfg: Config, run_dir: Path, device: torch.device, dist: distributed
     model = dist.wrap(raw_model)
     if cfg.training.compile:
         model = torch.compile(model, dynamic=False)
+    stream = make_stream(cfg, run_dir, tokenizer, dist)
+    check_dev_ids(run_dir, tokenizer)
+    return Run(cfg, run_dir, device, model, raw_model, tokenizer, optimizer, scheduler, scaler, dtype, stream, dist)
+
+
+def make_stream(cfg: Config, run_dir: Path, tokenizer: Tokenizer, dist: distributed.Context) -> BatchStream:
+    """This process's share of the training batches; an error on every rank when there are
+    fewer batches than processes (each rank would wait forever for a batch of its own)."""
     train_ids = load_ids(rundir.ids_file(run_dir, "train"))
     stream = BatchStream(train_ids.src, train_ids.trg, cfg.training.batch_tokens, cfg.training.seed,
-                         cfg.model.max_len, rank=dist.rank, world=dist.world)
-    return Run(cfg, run_dir, device, model, raw_model, tokenizer, optimizer, scheduler, scaler, dtype, stream, dist)
+                         cfg.model.max_len, rank=dist.rank, world=dist.world,
+                         vocab_sizes=(tokenizer.src_vocab_size, tokenizer.trg_vocab_size))
+    if stream.batches_per_epoch() == 0:
+        dist.barrier()  # every rank gets here: none is stopped by the launcher before it says why
+        dist.close()
+        raise MtError(f"the training data makes {len(stream.batches)} batch(es) of training.batch_tokens "
+                      f"{cfg.training.batch_tokens}, fewer than the {dist.world} processes that each need one: "
+                      "run fewer processes, or set a smaller training.batch_tokens")
+    return stream
+
+
+def check_dev_ids(run_dir: Path, tokenizer: Tokenizer) -> None:
+    """Refuse a dev cache with ids beyond the vocabulary now, not at the first validation: it
+    is small enough to read whole (the training cache is checked batch by batch instead)."""
+    dev = load_ids(rundir.ids_file(run_dir, "dev"))
+    for side, vocab_size in ((dev.src, tokenizer.src_vocab_size), (dev.trg, tokenizer.trg_vocab_size)):
+        check_ids(np.asarray(side.tokens), vocab_size, side.source)
 
 
 def seed_everything(seed: int) -> None:
@@ -196,6 +219,12 @@ def resume(run: Run) -> State:
                    "set run_dir to a new folder, or pass --restart to start over in this folder")
     saved = restore(ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.dist.rank)
     state = State.from_saved(saved)
+    if saved_world(ckpt) != run.dist.world:
+        state.position = resplit(state.position, saved_world(ckpt), run.dist.world)
+        if run.is_main:
+            log.info("note: %s was trained by %d process(es), now %d: the data position is re-split "
+                     "(%d batches of epoch %d done)", steps[-1].name, saved_world(ckpt), run.dist.world,
+                     state.position.batches_done * run.dist.world, state.position.epoch)
     if state.memory_skips >= run.cfg.training.max_bad_steps:
         # saved when training stopped for them: a run with a smaller batch gets a fresh count
         state.memory_skips = 0

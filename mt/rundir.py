@@ -264,6 +264,11 @@ def _remove(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- manifest.json
+#
+# A manifest edited into another shape is an error naming the file and key, checked where each
+# part is read, not a traceback. Absent tokenizer models mean "not prepared", as before; a
+# `files` record of another shape is rewritten by the next prepare (as when the data moved),
+# so only the commands that read it without preparing (eval) stop at it.
 
 
 def read_manifest(run_dir: str | Path) -> Optional[dict]:
@@ -272,9 +277,30 @@ def read_manifest(run_dir: str | Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
+    return _expect(path, "", manifest, dict)
+
+
+_MISSING = object()
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _key(path: Path, parent: dict, dotted: str, kind: type = dict):
+    """`parent`'s value for the last part of `dotted` (the key's full name, for the message)."""
+    return _expect(path, dotted, parent.get(dotted.rsplit(".", 1)[-1], _MISSING), kind)
+
+
+def _expect(path: Path, key: str, value: object, kind: type):
+    if value is _MISSING:
+        raise MtError(f"{path}: missing key '{key}'; run mt prepare --force")
+    if not isinstance(value, kind):
+        where = f"key '{key}': " if key else ""
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise MtError(f"{path}: {where}expected {_JSON_NAMES[kind]}, got {got}; run mt prepare --force")
+    return value
 
 
 def write_manifest(run_dir: str | Path, manifest: dict) -> None:
@@ -284,7 +310,10 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
 def outputs_exist(run_dir: str | Path, manifest: dict, caches: bool = True) -> bool:
     """Whether every file prepare makes is there: config, tokenizer models, id caches (unless
     `caches` is false)."""
-    models = [tokenizer_dir(run_dir) / name for name in manifest.get("tokenizer", {}).get("models", {})]
+    where = manifest_file(run_dir)
+    tokenizer = _expect(where, "tokenizer", manifest.get("tokenizer", {}), dict)
+    names = _expect(where, "tokenizer.models", tokenizer.get("models", {}), dict)
+    models = [tokenizer_dir(run_dir) / name for name in names]
     return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
             and (not caches or all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev"))))
 
@@ -294,13 +323,18 @@ def recorded_files(run_dir: str | Path) -> ResolvedData:
     manifest = read_manifest(run_dir)
     if manifest is None or not outputs_exist(run_dir, manifest):
         raise MtError(f"{run_dir} is not prepared: run mt prepare --config CONFIG")
-    record = manifest["files"]
+    path = manifest_file(run_dir)
+    record = _key(path, manifest, "files")
 
-    def pair(entry: dict) -> FilePair:
-        return FilePair(src=entry["src"]["path"], trg=entry["trg"]["path"])
+    def pair(entry: dict, name: str) -> FilePair:
+        return FilePair(**{side: _key(path, _key(path, entry, f"{name}.{side}"), f"{name}.{side}.path", str)
+                           for side in ("src", "trg")})
 
-    return ResolvedData(train=pair(record["train"]), dev=pair(record["dev"]),
-                        tests={name: pair(entry) for name, entry in record["test"].items()})
+    tests = _key(path, record, "files.test")
+    return ResolvedData(train=pair(_key(path, record, "files.train"), "files.train"),
+                        dev=pair(_key(path, record, "files.dev"), "files.dev"),
+                        tests={name: pair(_expect(path, f"files.test.{name}", entry, dict), f"files.test.{name}")
+                               for name, entry in tests.items()})
 
 
 # ----------------------------------------------------------------------------- ownership
