@@ -55,6 +55,11 @@ STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 EVAL_FILE = re.compile(r".+\.beam\d+\.txt$")  # what eval_output names
 
 
+# prepare --force is refused once checkpoints exist (they need the tokenizer they were trained with)
+REDO_PREPARE = ("run mt prepare --force (a run that holds checkpoints cannot be prepared again: "
+                "restore the file, or train in a new run_dir)")
+
+
 def lock_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / LOCK
 
@@ -279,7 +284,7 @@ def read_manifest(run_dir: str | Path) -> Optional[dict]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise MtError(f"{path}: unreadable ({e}); run mt prepare --force") from None
+        raise MtError(f"{path}: unreadable ({e}); {REDO_PREPARE}") from None
     return _expect(path, "", manifest, dict)
 
 
@@ -295,11 +300,11 @@ def _key(path: Path, parent: dict, dotted: str, kind: type = dict):
 
 def _expect(path: Path, key: str, value: object, kind: type):
     if value is _MISSING:
-        raise MtError(f"{path}: missing key '{key}'; run mt prepare --force")
+        raise MtError(f"{path}: missing key '{key}'; {REDO_PREPARE}")
     if not isinstance(value, kind):
         where = f"key '{key}': " if key else ""
         got = _JSON_NAMES.get(type(value), type(value).__name__)
-        raise MtError(f"{path}: {where}expected {_JSON_NAMES[kind]}, got {got}; run mt prepare --force")
+        raise MtError(f"{path}: {where}expected {_JSON_NAMES[kind]}, got {got}; {REDO_PREPARE}")
     return value
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import error_line, run_mt, toy_config
 from mt.errors import MtError
+from mt.rundir import REDO_PREPARE
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_a_manifest_of_another_shape_is_an_error_naming_the_file_in_every_comman
                     ["eval", "--run-dir", str(run_dir)]):
         result = run_mt(*command, check=False)
         assert result.returncode == 1
-        assert error_line(result) == f"{manifest}: expected an object, got a list; run mt prepare --force"
+        assert error_line(result) == f"{manifest}: expected an object, got a list; {REDO_PREPARE}"
     translated = run_mt("translate", "--run-dir", str(run_dir), stdin="a b c\n")  # reads no manifest
     assert len(translated.stdout.splitlines()) == 1
 
@@ -95,7 +96,7 @@ def test_a_manifest_key_of_another_shape_is_named(trained, key, value, message):
                         encoding="utf-8")
     with pytest.raises(MtError) as error:
         rundir.recorded_files(run_dir)
-    assert str(error.value) == f"{manifest}: {message}; run mt prepare --force"
+    assert str(error.value) == f"{manifest}: {message}; {REDO_PREPARE}"
 
 
 def test_a_files_record_of_another_shape_is_rewritten_by_prepare(trained):
