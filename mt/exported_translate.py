@@ -163,7 +163,9 @@ def translate_stream(model: ExportedModel, stdin: BinaryIO, stdout: TextIO, beam
 
 def read_chunks(stream: BinaryIO, max_lines: int = CHUNK_LINES) -> Iterator[list[bytes]]:
     """Complete input lines, split at b"\\n" only, in chunks: up to `max_lines` while more input
-    is waiting, else what has arrived, so a pipe that pauses gets its answer without delay."""
+    is waiting, else what has arrived, so a pipe that pauses gets its answer without delay.
+    `mt translate` reads stdin the same way (mt.translate); this file is copied into exports and
+    runs without mt installed, so it keeps its own copy."""
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # an in-memory stream: everything is there
