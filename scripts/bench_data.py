@@ -129,14 +129,18 @@ def child_train_start(config: str) -> dict:
     check_seconds = time.perf_counter() - start
     run = make_run(cfg, Path(cfg.run_dir), torch.device("cpu"), distributed.init("cpu"))
     state = State()
-    group = [next(run.stream(state.position))]
+    batches = run.stream(state.position)
+    group = [next(batches)]
     train_step(run, state, [batch for _, batch in group])
     seconds = time.perf_counter() - start
+    batches.close()  # joins the batch thread, as mt train does: a live one aborts the exit
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     data_start = time.perf_counter()  # the data's part alone: map the cache, make batches, pad one
     ids = load_ids(rundir.ids_file(cfg.run_dir, "train"))
     stream = BatchStream(ids.src, ids.trg, cfg.training.batch_tokens, cfg.training.seed, cfg.model.max_len)
-    next(stream(Position()))
+    more = stream(Position())
+    next(more)
+    more.close()
     return {"seconds": seconds, "peak_mb": peak_mb, "data_seconds": time.perf_counter() - data_start,
             "check_seconds": check_seconds, "batches_per_epoch": run.stream.batches_per_epoch()}
 
