@@ -31,3 +31,9 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name}")
         self.signal_name = signal_name
         self.exit_code = 128 + signal.Signals[signal_name].value
+
+
+# what a damaged record of prepare's asks for; prepare --force is refused once checkpoints exist
+# (they need the tokenizer they were trained with)
+REDO_PREPARE = ("run mt prepare --force (a run that holds checkpoints cannot be prepared again: "
+                "restore the file, or train in a new run_dir)")

@@ -38,11 +38,14 @@ def check_output(option: str, output: Optional[Path], run_dir: Path, kind: str,
     if output is None:
         return
     output = Path(output)
-    for path in [*inputs, *rundir.records(run_dir)]:
+    others = _other_runs_around(output, run_dir)
+    for path in [*inputs, *rundir.records(run_dir), *(record for run in others for record in rundir.records(run))]:
         if path is not None and same_file(output, path):
             raise MtError(f"{option} {output}: that is {path}, which this command must not overwrite; "
                           "choose another file")
     _check_outside_run_parts(option, output, run_dir, kind)
+    for run in others:  # another run's parts are out of bounds whatever the kind
+        _check_outside_run_parts(option, output, run, "")
     _check_writable(option, output)
     if output.is_file() and not _is_kind(output, kind, inputs):
         raise MtError(f"{option} {output}: a file mt did not make ({_what(kind)}) is there; mt does not "
@@ -60,6 +63,13 @@ def check_output_folder(option: str, folder: Path, run_dir: Path, files: dict[st
         if path.is_dir() or (path.is_file() and not _is_kind(path, kind, ())):
             raise MtError(f"{option} {folder}: {path} is there and mt did not make it ({_what(kind)}); "
                           "mt does not overwrite it: choose another folder")
+
+
+def _other_runs_around(output: Path, run_dir: Path) -> list[Path]:
+    """Run dirs other than `run_dir` that `output` (links followed) would land in."""
+    mine = os.path.realpath(run_dir)
+    return [folder for folder in Path(os.path.realpath(output)).parents
+            if (folder / rundir.MARKER).is_file() and str(folder) != mine]
 
 
 def _check_outside_run_parts(option: str, output: Path, run_dir: Path, kind: str) -> None:

@@ -146,7 +146,12 @@ def _current_manifest(cfg: Config, prepared: Prepared, key: str, sums: dict[str,
     when the data and settings it records are these."""
     run_dir = prepared.run_dir
     manifest = rundir.read_manifest(run_dir)
-    if manifest is None or not rundir.outputs_exist(run_dir, manifest, caches=False):  # a damaged cache is re-encoded
+    # a damaged cache is encoded again and a lost config.yaml written again (_refresh_records)
+    if manifest is None or not rundir.outputs_exist(run_dir, manifest, caches=False, config=False):
+        if rundir.has_checkpoints(run_dir):
+            lost = rundir.manifest_file(run_dir) if manifest is None else rundir.tokenizer_dir(run_dir)
+            raise MtError(f"{run_dir} holds checkpoints, but {lost} is missing or incomplete, and a new tokenizer "
+                          "would make them unusable: restore it, or train in a new run_dir")
         return None
     if manifest.get("prepare_key") == key:
         return manifest
@@ -187,16 +192,22 @@ def _reencode_damaged_caches(cfg: Config, prepared: Prepared) -> None:
 def _tokenizer_changes(cfg: Config, files: ResolvedData, manifest: dict, sums: dict[str, str]) -> list[str]:
     """What differs from the manifest's record among the things that shape the tokenizer and the
     id caches: the train and dev files' content, and the settings `prepare_key` hashes."""
-    recorded, changes = manifest.get("files") or {}, []
+    recorded, changes = _as_dict(manifest.get("files")), []
     for role in ("train", "dev"):
         for side in ("src", "trg"):
-            entry = (recorded.get(role) or {}).get(side) or {}
+            entry = _as_dict(_as_dict(recorded.get(role)).get(side))
             if entry.get("sha256") != sums[f"{role}.{side}"]:
                 changes.append(f"data.{role}.{side} ({getattr(getattr(files, role), side)}): content changed")
-    old, new = manifest.get("config") or {}, to_dict(cfg)
+    old, new = _as_dict(manifest.get("config")), to_dict(cfg)
     for section, keys in (("data", ("corpus", "src_lang", "trg_lang", "filter")), ("tokenizer", tuple(new["tokenizer"]))):
-        changes += [f"{section}.{k} changed" for k in keys if (old.get(section) or {}).get(k) != new[section][k]]
+        changes += [f"{section}.{k} changed" for k in keys if _as_dict(old.get(section)).get(k) != new[section][k]]
     return changes
+
+
+def _as_dict(value: object) -> dict:
+    """A record read from manifest.json as the mapping it should be: a hand-edited one of another
+    shape is treated as missing (and rewritten by _refresh_records)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], key: str, manifest: dict) -> bool:
@@ -205,10 +216,11 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], key:
     id caches stay as they are. A new test set is read first, so that a bad one fails now.
     Returns whether anything was written."""
     config, files = to_dict(cfg), _files_record(prepared.files, sums)
-    if manifest.get("config") == config and manifest.get("files") == files and manifest.get("prepare_key") == key:
+    if manifest.get("config") == config and manifest.get("files") == files and manifest.get("prepare_key") == key \
+            and prepared.config_path.is_file():
         return False
-    counts = dict(manifest.get("counts") or {})
-    if manifest.get("files", {}).get("test") != files["test"]:
+    counts = dict(_as_dict(manifest.get("counts")))
+    if _as_dict(manifest.get("files")).get("test") != files["test"]:
         counts["test"] = {name: len(read_parallel(pair.src, pair.trg)) for name, pair in prepared.files.tests.items()}
     write_text(prepared.config_path, to_yaml(cfg))
     rundir.write_manifest(prepared.run_dir, {**manifest, "prepare_key": key, "config": config, "files": files,

@@ -32,7 +32,7 @@ from typing import Optional
 
 from mt.config import FilePair
 from mt.data import ResolvedData
-from mt.errors import MtError
+from mt.errors import REDO_PREPARE, MtError
 from mt.files import read_lines, write_text
 from mt.idcache import cache_exists
 
@@ -53,11 +53,6 @@ LOCK = ".mt-lock"
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # what files.atomic_write leaves when killed
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 EVAL_FILE = re.compile(r".+\.beam\d+\.txt$")  # what eval_output names
-
-
-# prepare --force is refused once checkpoints exist (they need the tokenizer they were trained with)
-REDO_PREPARE = ("run mt prepare --force (a run that holds checkpoints cannot be prepared again: "
-                "restore the file, or train in a new run_dir)")
 
 
 def lock_file(run_dir: str | Path) -> Path:
@@ -312,14 +307,15 @@ def write_manifest(run_dir: str | Path, manifest: dict) -> None:
     write_text(manifest_file(run_dir), json.dumps(manifest, indent=2) + "\n")
 
 
-def outputs_exist(run_dir: str | Path, manifest: dict, caches: bool = True) -> bool:
-    """Whether every file prepare makes is there: config, tokenizer models, id caches (unless
-    `caches` is false)."""
+def outputs_exist(run_dir: str | Path, manifest: dict, caches: bool = True, config: bool = True) -> bool:
+    """Whether every file prepare makes is there: tokenizer models, config.yaml and the id caches
+    (each of the last two unless told not to look)."""
     where = manifest_file(run_dir)
     tokenizer = _expect(where, "tokenizer", manifest.get("tokenizer", {}), dict)
     names = _expect(where, "tokenizer.models", tokenizer.get("models", {}), dict)
     models = [tokenizer_dir(run_dir) / name for name in names]
-    return (bool(models) and all(path.is_file() for path in [config_file(run_dir), *models])
+    return (bool(models) and all(path.is_file() for path in models)
+            and (not config or config_file(run_dir).is_file())
             and (not caches or all(cache_exists(ids_file(run_dir, split)) for split in ("train", "dev"))))
 
 

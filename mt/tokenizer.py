@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from mt.config import TokenizerConfig
-from mt.errors import ConfigError, MtError
+from mt.errors import REDO_PREPARE, ConfigError, MtError
 from mt.files import atomic_write
 
 PAD_ID = 0  # padding; never a real token, so masks can test `ids != PAD_ID`
@@ -203,8 +203,7 @@ def _processor(blob: bytes, where: str) -> spm.SentencePieceProcessor:
             raise RuntimeError("empty file")
         processor = spm.SentencePieceProcessor(model_proto=blob)
     except RuntimeError:
-        raise MtError(f"{where}: not a SentencePiece model (corrupt file?); run mt prepare --force (a run that "
-                      "holds checkpoints cannot be prepared again: restore the file, or train in a new run_dir)") from None
+        raise MtError(f"{where}: not a SentencePiece model (corrupt file?); {REDO_PREPARE}") from None
     found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
     if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
         raise MtError(f"{where}: special ids pad/unk/bos/eos are {found}, mt needs "

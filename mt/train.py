@@ -362,11 +362,17 @@ def save(run: Run, state: State) -> None:
         return
     ckpt = make_checkpoint(run.raw_model, run.cfg, run.tokenizer, state.saved(), run.optimizer, run.scheduler,
                            run.scaler, rng)
-    # the write is short, and stopping in it would leave the user unsure which step was saved
-    with signals.handled(lambda sig: log.warning("saving step %d; one moment", state.step)):
+    # the write is short, and stopping in it would leave the user unsure which step was saved; a
+    # stop asked for meanwhile (a scheduler sends one SIGTERM, then SIGKILL) stops right after it
+    with signals.handled(lambda sig: _stop_after_save(state, sig)):
         save_checkpoint(rundir.step_checkpoint(run.run_dir, state.step), ckpt)
     for old in rundir.step_checkpoints(run.run_dir)[: -run.cfg.training.keep_checkpoints]:
         old.unlink(missing_ok=True)
+
+
+def _stop_after_save(state: State, sig: signal.Signals) -> None:
+    log.warning("%s: saving step %d; one moment", sig.name, state.step)
+    state.stop_requested = state.stop_requested or sig.name
 
 
 def stop_handler(state: State):

@@ -45,6 +45,18 @@ def test_outputs_inside_the_runs_cache_tokenizer_or_checkpoints_are_refused(run_
     check_output("--output", run_dir / "checkpoints" / "averaged_last3.pt", run_dir, "checkpoint")  # mt average's own
 
 
+def test_an_output_inside_another_run_dir_is_refused_there_too(run_dir, tmp_path):
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / ".mt-run").write_text("", encoding="utf-8")
+    for name in ("best.pt", "averaged.pt"):  # run b's own checkpoints, not run_dir's to add to
+        with pytest.raises(MtError, match="must not overwrite|inside .*other/checkpoints"):
+            check_output("--output", other / "checkpoints" / name, run_dir, "checkpoint")
+    with pytest.raises(MtError, match="must not overwrite"):
+        check_output("--output", other / "metrics.jsonl", run_dir, "picture")
+    check_output("--output", other / "curves.png", run_dir, "picture")  # beside its records is fine
+
+
 def test_an_existing_file_mt_did_not_make_is_not_overwritten(run_dir, tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text("run_dir: runs/base\n", encoding="utf-8")

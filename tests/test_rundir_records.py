@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_mt, toy_config
-from mt.errors import MtError
-from mt.rundir import REDO_PREPARE
+from mt.errors import REDO_PREPARE, MtError
 
 
 @pytest.fixture

@@ -139,6 +139,21 @@ def test_a_run_holding_only_best_pt_keeps_its_tokenizer_too(tmp_path, small_data
     run_mt("translate", "--run-dir", str(tmp_path / "run"), input="x\n")
 
 
+def test_a_trained_run_that_lost_its_records_is_not_prepared_over(tmp_path, small_data):
+    """config.yaml lost: written again. manifest.json lost: refused, since preparing afresh would
+    train a new tokenizer over the one the checkpoints need."""
+    config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2, **TINY)
+    run_mt("train", "--config", str(config))
+    before = {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())}
+    (tmp_path / "run/config.yaml").unlink()
+    run_mt("prepare", "--config", str(config))
+    assert (tmp_path / "run/config.yaml").is_file()
+    (tmp_path / "run/manifest.json").unlink()
+    result = run_mt("prepare", "--config", str(config), check=False)
+    assert result.returncode == 1 and "manifest.json is missing" in result.stderr, result.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "run/tokenizer").iterdir())} == before
+
+
 def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_an_error(tmp_path, small_data):
     config = toy_config(tmp_path / "a.yaml", small_data, tmp_path / "run", training__max_steps=2, **TINY)
     run_mt("train", "--config", str(config))
