@@ -93,6 +93,8 @@ def _check_writable(option: str, output: Path) -> None:
     if output.exists() and not output.is_file():
         return  # /dev/null, a FIFO: written in place (files.atomic_write)
     folder = Path(os.path.realpath(output)).parent
+    if output.is_symlink() and not folder.is_dir():  # files.atomic_write follows the link; no folder, no file
+        raise MtError(f"{option} {output}: a symlink to {os.path.realpath(output)}, whose folder does not exist")
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():

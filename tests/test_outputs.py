@@ -57,6 +57,13 @@ def test_an_output_inside_another_run_dir_is_refused_there_too(run_dir, tmp_path
     check_output("--output", other / "curves.png", run_dir, "picture")  # beside its records is fine
 
 
+def test_a_link_to_a_folder_that_does_not_exist_is_refused_before_the_work(run_dir, tmp_path):
+    link = tmp_path / "curves.png"
+    link.symlink_to(tmp_path / "gone" / "curves.png")
+    with pytest.raises(MtError, match="a symlink to .*gone/curves.png, whose folder does not exist"):
+        check_output("--output", link, run_dir, "picture")
+
+
 def test_an_existing_file_mt_did_not_make_is_not_overwritten(run_dir, tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text("run_dir: runs/base\n", encoding="utf-8")
