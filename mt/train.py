@@ -5,8 +5,7 @@ The loop reads as: next update's batches -> `train_step` -> `maybe_log` -> `mayb
 changes), both in run.py. Everything that decides the result is in the checkpoint (see
 checkpoint.py), so a resumed run continues exactly.
 
-Under `torchrun`, each process trains on its share of the batches with DistributedDataParallel
-(see distributed.py); only rank 0 writes files and shows progress.
+Under `torchrun` each process trains on its share of the batches (DDP, distributed.py); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -96,6 +95,7 @@ def loop(run: Run, state: State) -> State:
     try:
         if state.validation_due:  # stopped during a validation last time: do it now
             validate_and_record(run, state)
+            state.saved_step = state.saved_step if state.validation_due else -1  # save it as done, even with no step
         steps(run, state, batches, bar)
     finally:  # on an error too: the bar ends its line before the message, the batch thread before us
         bar.close()

@@ -55,6 +55,9 @@ def test_sigterm_during_a_long_validation_abandons_it_and_saves_the_step(tmp_pat
     assert "step 3: validating" in resumed.stderr.split("resuming")[1]
     assert [row["step"] for row in validation_rows(tmp_path / "run")] == [3]
     assert load_checkpoint(tmp_path / "run/checkpoints/best.pt")["step"] == 3
+    # recorded as done: a later `mt train` does not validate step 3 (and rewrite best.pt) again
+    assert load_checkpoint(tmp_path / "run/checkpoints/step_0000003.pt")["state"]["validation_due"] is False
+    assert "validating" not in run_mt("train", "--config", str(config)).stderr
 
 
 def test_a_second_sigterm_stops_at_once_without_saving_and_exits_143(tmp_path):
