@@ -40,6 +40,17 @@ def holder(toy):
     process.wait()
 
 
+def give_newest_checkpoint_another_tokenizer(run_dir: Path) -> Path:
+    """Edit the run's newest step checkpoint to say another tokenizer trained it; return its path."""
+    import torch
+
+    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(newest, weights_only=False)
+    state["tokenizer"] = {**state["tokenizer"], "models": {"joint.model": "0" * 64}}
+    torch.save(state, newest)
+    return newest
+
+
 def test_a_second_train_on_a_held_run_dir_is_refused_naming_the_holder(toy, holder):
     result = toy.mt("train")
     assert result.returncode == 1
@@ -180,16 +191,9 @@ def test_a_foreign_row_in_metrics_is_an_error_naming_file_and_line(tmp_path):
 
 
 def test_average_refuses_checkpoints_of_another_tokenizer_naming_them(toy_run, tmp_path):
-    import shutil
-
-    import torch
-
     run_dir = tmp_path / "run"
     shutil.copytree(toy_run / "run", run_dir)
-    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
-    state = torch.load(newest, weights_only=False)
-    state["tokenizer"] = {**state["tokenizer"], "models": {"joint.model": "0" * 64}}
-    torch.save(state, newest)
+    newest = give_newest_checkpoint_another_tokenizer(run_dir)
     result = run_mt("average", "--run-dir", str(run_dir), "--last", "2", check=False)
     assert result.returncode == 1
     assert f"{newest.name} were trained with another tokenizer" in error_line(result)
@@ -302,13 +306,8 @@ def test_the_same_data_moved_with_a_test_set_added_resumes_and_scores_it(toy_run
 
 
 def test_resume_refuses_a_checkpoint_of_another_tokenizer(toy_run, tmp_path):
-    import torch
-
     config, run_dir = trained_copy(toy_run, tmp_path)
-    newest = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
-    state = torch.load(newest, weights_only=False)
-    state["tokenizer"] = {**state["tokenizer"], "models": {"joint.model": "0" * 64}}
-    torch.save(state, newest)
+    newest = give_newest_checkpoint_another_tokenizer(run_dir)
     result = run_mt("train", "--config", str(config), "--set", "training.max_steps=900", check=False)
     assert result.returncode == 1
     line = error_line(result)
