@@ -46,6 +46,7 @@ from mt.serve_worker import Batcher, Engine, Options
 log = logging.getLogger(__name__)
 
 MAX_BEAM = 16  # a request's beam and nbest: 1..MAX_BEAM
+DRAIN_BYTES = 64 * 2**20  # the most of a refused body read and dropped so that its client sees the 413
 STATIC = resources.files("mt") / "static"
 
 
@@ -237,7 +238,7 @@ class RequestLog:
     """ASGI middleware: one line per request on stderr (method, path, status, lines, ms), and
     a 413 for a body larger than any valid request could be: at once from its Content-Length,
     else as soon as the bytes received pass the limit (a chunked body has no length), so that
-    the rest of it is never read into memory."""
+    the rest of it is never held in memory (it is read and dropped: see `drain`)."""
 
     def __init__(self, app, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
@@ -255,6 +256,7 @@ class RequestLog:
         try:
             body, refused = await self._read_body(scope, receive)
             if refused:
+                await drain(scope, receive)
                 await error_response(413, "body", refused)(scope, receive, send_logged)
             elif body is not None:  # None: the client went away before it was sent
                 await self.app(scope, replay(body, receive), send_logged)
@@ -286,6 +288,23 @@ class RequestLog:
         lines = scope.get("state", {}).get("lines", "-")
         log.info("%s %s %d %s lines %.1f ms", scope["method"], scope["path"], status, lines,
                  (time.perf_counter() - start) * 1000)
+
+
+async def drain(scope, receive) -> None:
+    """Read and drop the rest of a refused body, up to DRAIN_BYTES, a chunk at a time. A server
+    that answers and closes (as it does for `Connection: close`) while its client is still
+    sending resets the connection, and the client sees a broken pipe instead of the 413. A client
+    waiting for `100 Continue` has sent nothing: reading would ask it to, so it is not read."""
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length", b"0")
+    if headers.get(b"expect", b"").lower() == b"100-continue" or (length.isdigit() and int(length) > DRAIN_BYTES):
+        return
+    dropped = 0
+    while dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        dropped += len(message.get("body", b""))
 
 
 def replay(body: bytes, receive):

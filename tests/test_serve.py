@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -165,6 +166,27 @@ def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(server,
                        headers={"Content-Type": "application/json"})  # the same connection goes on
     response = connection.getresponse()
     assert response.status == 200 and json.loads(response.read())["results"][0]["translation"]
+
+
+def test_a_body_refused_by_its_length_is_answered_after_the_client_has_sent_it(server):
+    """A client that says `Connection: close` (as urllib does) and sends a body too large gets
+    the 413, not a connection reset: the server reads and drops the body before it answers and
+    closes. Before, it closed while the client was still sending."""
+    body = b'{"text": ["' + b"z" * 800_000 + b'"]}'
+    head = (f"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(tuple_of(server.url)) as client:
+        client.sendall(head + body[:1000])
+        time.sleep(0.5)  # time enough, on a quiet machine, for a server that does not wait to answer and close
+        client.sendall(body[1000:])
+        answer = b"".join(iter(lambda: client.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "body"
+
+
+def tuple_of(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
 
 
 def peak_memory_kb(pid: int):
