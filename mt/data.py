@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import itertools
 import logging
 import os
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 
 from mt.config import DataConfig, FilePair, FilterConfig
 from mt.errors import ConfigError, MtError
-from mt.files import KnownSums, atomic_write, iter_lines, open_binary, read_lines, sha256_file
+from mt.files import KnownSums, atomic_write, open_binary, read_lines, sha256_file
 from mt.idcache import EncodedSplit, load_ids, save_ids  # noqa: F401  (the id cache, named here as before)
 
 log = logging.getLogger(__name__)
@@ -229,28 +228,6 @@ def count_lines(path: str | os.PathLike) -> int:
     return count + (last != b"\n")  # a last line without a newline
 
 
-def read_parallel_chunks(src_path: str | os.PathLike, trg_path: str | os.PathLike,
-                         chunk_pairs: int = 100_000) -> Iterator[tuple[list[str], list[str]]]:
-    """The pairs of two line-aligned files as (source lines, target lines), `chunk_pairs` at a
-    time, holding no more than that; the same checks as `read_parallel`, made as the files end."""
-    src_lines, trg_lines = iter_lines(src_path), iter_lines(trg_path)
-    total = 0
-    while True:
-        src = list(itertools.islice(src_lines, chunk_pairs))
-        trg = list(itertools.islice(trg_lines, len(src)))
-        if len(src) != len(trg) or (len(src) < chunk_pairs and next(trg_lines, None) is not None):
-            src_count = total + len(src) + sum(1 for _ in src_lines)
-            trg_count = total + len(trg) + (len(src) == len(trg)) + sum(1 for _ in trg_lines)
-            raise MtError(f"{src_path} has {src_count} lines but {trg_path} has {trg_count}; "
-                          "parallel files need one line per sentence on both sides")
-        if not src:
-            if not total:
-                raise MtError(f"{src_path}, {trg_path}: empty corpus (no lines)")
-            return
-        total += len(src)
-        yield src, trg
-
-
 def filter_pairs(pairs: Sequence[tuple[str, str]], cfg: FilterConfig) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """Drop unusable training pairs; return the kept ones and how many each filter dropped
     (see PairFilter: the same rules, applied to one list)."""
@@ -277,18 +254,21 @@ class PairFilter:
 
     def keep(self, src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
         """Which pairs of this chunk to keep (a bool per pair); later chunks see these as seen."""
-        keep = np.ones(len(src_lines), dtype=bool)
-        for reason, drops in _length_drops(src_lines, trg_lines, self.cfg):
+        return self.keep_counted(word_counts(src_lines), word_counts(trg_lines), pair_hashes(src_lines, trg_lines))
+
+    def keep_counted(self, src_words: np.ndarray, trg_words: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """`keep`, from each pair's word counts and hash (`word_counts`, `pair_hashes`)."""
+        keep = np.ones(len(src_words), dtype=bool)
+        for reason, drops in _length_drops(src_words, trg_words, self.cfg):
             dropped_here = keep & drops  # a pair counts against the first filter that drops it
             self.dropped[reason] += int(dropped_here.sum())
             keep &= ~drops
         if self.cfg.drop_duplicates:
             candidates = np.flatnonzero(keep)
-            repeated = self._hashes.add(_pair_hashes([src_lines[i] for i in candidates],
-                                                     [trg_lines[i] for i in candidates]))
+            repeated = self._hashes.add(hashes[candidates])
             keep[candidates[repeated]] = False
             self.dropped["drop_duplicates"] += int(repeated.sum())
-        self.seen_pairs += len(src_lines)
+        self.seen_pairs += len(src_words)
         return keep
 
     def check_some_kept(self) -> None:
@@ -297,11 +277,9 @@ class PairFilter:
             raise MtError(f"data.filter dropped all {self.seen_pairs} training pairs ({counts}); loosen data.filter")
 
 
-def _length_drops(src_lines: Sequence[str], trg_lines: Sequence[str],
+def _length_drops(src_words: np.ndarray, trg_words: np.ndarray,
                   cfg: FilterConfig) -> Iterator[tuple[str, np.ndarray]]:
     """(filter, which pairs it drops) for each length filter that is on, in `dropped`'s order."""
-    src_words = np.array([len(line.split()) for line in src_lines], dtype=np.int64)
-    trg_words = np.array([len(line.split()) for line in trg_lines], dtype=np.int64)
     longer = np.maximum(src_words, trg_words)
     if cfg.drop_empty:
         yield "drop_empty", (src_words == 0) | (trg_words == 0)
@@ -312,7 +290,12 @@ def _length_drops(src_lines: Sequence[str], trg_lines: Sequence[str],
         yield "max_ratio", longer / np.maximum(np.minimum(src_words, trg_words), 1) > cfg.max_ratio
 
 
-def _pair_hashes(src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
+def word_counts(lines: Sequence[str]) -> np.ndarray:
+    """Each line's words, as str.split() finds them."""
+    return np.fromiter(map(len, map(str.split, lines)), dtype=np.int64, count=len(lines))
+
+
+def pair_hashes(src_lines: Sequence[str], trg_lines: Sequence[str]) -> np.ndarray:
     """A 64-bit hash of each pair, the same in every run (Python's hash() is salted per process)."""
     digests = b"".join(hashlib.blake2b(f"{src}\n{trg}".encode(), digest_size=8).digest()
                        for src, trg in zip(src_lines, trg_lines))
@@ -330,16 +313,19 @@ class _HashSet:
         """Add `hashes` in order; return which of them were already there (earlier in the same
         array included), as a bool per entry."""
         unique, first = np.unique(hashes, return_index=True)
+        seen = np.zeros(len(unique), dtype=bool)
+        for level in self._levels:  # never empty; sorted keys make the search run along the level
+            where = np.minimum(np.searchsorted(level, unique), len(level) - 1)
+            seen |= level[where] == unique
         repeated = np.ones(len(hashes), dtype=bool)
-        repeated[first] = False  # within the chunk, every copy after the first repeats it
-        for level in self._levels:  # never empty
-            where = np.minimum(np.searchsorted(level, hashes), len(level) - 1)
-            repeated |= level[where] == hashes
-        new = unique[~repeated[first]]
+        repeated[first[~seen]] = False  # the first copy of a hash never seen before
+        new = unique[~seen]
         if not len(new):
             return repeated
         self._levels.append(new)
         while len(self._levels) > 1 and len(self._levels[-2]) <= 2 * len(self._levels[-1]):
             top = self._levels.pop()
-            self._levels[-1] = np.union1d(self._levels[-1], top)
+            # two sorted runs of different hashes: a stable sort merges them in one pass (np.union1d
+            # hashes every entry again, and took half of prepare's reading at 5 M pairs)
+            self._levels[-1] = np.sort(np.concatenate([self._levels[-1], top]), kind="stable")
         return repeated

@@ -116,13 +116,16 @@ class IdCacheWriter:
 
     def add(self, src_ids: Sequence[Sequence[int]], trg_ids: Sequence[Sequence[int]]) -> None:
         """Append a chunk of pairs: ids per sentence on each side."""
-        assert len(src_ids) == len(trg_ids), "source and target id lists must pair up"
-        for side, ids in zip(SIDES, (src_ids, trg_ids)):
-            tokens, offsets = _flatten(ids)
-            self._write(f"{side}.tokens", tokens)
+        self.add_ragged(Ragged.from_lists(src_ids), Ragged.from_lists(trg_ids))
+
+    def add_ragged(self, src: Ragged, trg: Ragged) -> None:
+        """Append a chunk of pairs already flat (offsets from 0)."""
+        assert len(src) == len(trg), "source and target id lists must pair up"
+        for side, (tokens, offsets) in zip(SIDES, ((src.tokens, src.offsets), (trg.tokens, trg.offsets))):
+            self._write(f"{side}.tokens", tokens.astype(TOKEN_DTYPE, copy=False))
             self._write(f"{side}.offsets", offsets[1:] + self._tokens[side])
             self._tokens[side] += len(tokens)
-        self.pairs += len(src_ids)
+        self.pairs += len(src)
 
     def _write(self, name: str, array: np.ndarray) -> None:
         try:

@@ -5,8 +5,9 @@ caches of train and dev (folders of mapped arrays, idcache.py; dev BLEU must cov
 set, so dev is not filtered) and manifest.json: what was made from what (versions, SHA-256 sums,
 counts, prepare_key).
 
-Memory stays flat in the corpus size: the training files are read twice in chunks, once to check
-and filter them and draw SentencePiece's sample (`tokenizer.max_sentences`), once to encode the
+Memory stays flat in the corpus size: the training files are read twice in blocks (blocks.py;
+for a large corpus the per-line work runs in worker processes, workers.py), once to check and
+filter them and draw SentencePiece's sample (`tokenizer.max_sentences`), once to encode the
 kept pairs into the cache. Every input is checked and the tokenizer trained before the first
 write, so a bad input leaves the run directory as it was. manifest.json is removed before and written after the other files:
 a run directory without one is unprepared, whatever else is in it. Its `prepare_key` hashes the
@@ -29,21 +30,20 @@ from typing import Optional
 
 import numpy as np
 
+from mt.blocks import Encode, Sample, aligned_blocks, scan
 from mt.config import Config, FilePair, to_dict, to_yaml
-from mt.data import (PairFilter, ResolvedData, count_lines, input_sums, read_parallel, read_parallel_chunks,
-                     resolve_files, save_ids)
+from mt.data import PairFilter, ResolvedData, count_lines, input_sums, read_parallel, resolve_files, save_ids
 from mt.errors import MtError
 from mt import rundir
 from mt.files import KnownSums, write_text
 from mt.idcache import IdCacheWriter, load_ids
 from mt.progress import Progress, Ticking
 from mt.tokenizer import Tokenizer, save_models, train_models
+from mt.workers import Workers, processes_for
 
 log = logging.getLogger(__name__)
 
 PREPARE_FORMAT = 1  # bump when the outputs change meaning, so older run dirs are redone
-CHUNK_PAIRS = 50_000  # pairs read, filtered and encoded at a time: what prepare holds, whatever the corpus
-RESERVOIR_SEED = 12345678  # SentencePiece's own sampling seed; any fixed number would do
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,10 @@ class _Outputs:
     dropped: dict[str, int]
 
 
-def prepare(cfg: Config, force: bool = False) -> Prepared:
-    """Prepare cfg.run_dir for training, or do nothing if it already matches these inputs."""
-    start = time.monotonic()
+def prepare(cfg: Config, force: bool = False, processes: Optional[int] = None) -> Prepared:
+    """Prepare cfg.run_dir for training, or do nothing if it already matches these inputs.
+    `processes`: how many do the per-line work (blocks.py); by default one a core for a large
+    corpus, else this one."""
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise MtError(f"run_dir: {run_dir} is a file, not a folder")
@@ -99,20 +100,27 @@ def prepare(cfg: Config, force: bool = False) -> Prepared:
     key = prepare_key(cfg, sums)
     prepared = Prepared(run_dir, files)
     manifest = None if force else _current_manifest(cfg, prepared, key, sums)
+    with Workers(processes_for(files.train.src, files.train.trg, requested=processes)) as workers:
+        _make_or_refresh(cfg, prepared, manifest, sums, key, workers)
+    if force or known.now != recorded:
+        rundir.write_input_sums(run_dir, known.now)
+    return prepared
+
+
+def _make_or_refresh(cfg: Config, prepared: Prepared, manifest: Optional[dict], sums: dict[str, str], key: str,
+                     workers: Workers) -> None:
+    start, run_dir = time.monotonic(), prepared.run_dir
     if manifest is not None:
-        _reencode_damaged_caches(cfg, prepared)
+        _reencode_damaged_caches(cfg, prepared, workers)
         if _refresh_records(cfg, prepared, sums, key, manifest):
             log.info("%s: already prepared (data and tokenizer unchanged; updated %s and %s)",
                      run_dir, prepared.config_path.name, prepared.manifest_path.name)
         else:
             log.info("%s: already prepared (nothing changed)", run_dir)
     else:
-        outputs = _make_outputs(cfg, files)
-        _write(cfg, prepared, outputs, sums, key)
+        outputs = _make_outputs(cfg, prepared.files, workers)
+        _write(cfg, prepared, outputs, sums, key, workers)
         log.info("prepared %s in %.1f s", run_dir, time.monotonic() - start)
-    if force or known.now != recorded:
-        rundir.write_input_sums(run_dir, known.now)
-    return prepared
 
 
 def prepare_key(cfg: Config, sums: dict[str, str]) -> str:
@@ -165,7 +173,7 @@ def _current_manifest(cfg: Config, prepared: Prepared, key: str, sums: dict[str,
     return manifest
 
 
-def _reencode_damaged_caches(cfg: Config, prepared: Prepared) -> None:
+def _reencode_damaged_caches(cfg: Config, prepared: Prepared, workers: Workers) -> None:
     """An id cache that is missing or unreadable (the inputs and the tokenizer unchanged) is
     encoded again with the run's own tokenizer: its checkpoints stay usable."""
     damaged = []
@@ -178,11 +186,12 @@ def _reencode_damaged_caches(cfg: Config, prepared: Prepared) -> None:
         return
     log.info("note: %s: the id cache of %s is missing or unreadable; encoding it again with the run's "
              "tokenizer", prepared.run_dir, " and ".join(damaged))
+    models = {path.name: path.read_bytes() for path in prepared.tokenizer_dir.glob("*.model")}
     tokenizer = Tokenizer.load(prepared.tokenizer_dir)
     if "train" in damaged:
-        keep = _scan_train(cfg, prepared.files.train).keep
-        _encode_train(prepared, _Outputs(models={}, tokenizer=tokenizer, train_keep=keep, dev=[], counts={},
-                                         dropped={}))
+        keep = _scan_train(cfg, prepared.files.train, workers, sample=False).keep
+        _encode_train(prepared, _Outputs(models=models, tokenizer=tokenizer, train_keep=keep, dev=[], counts={},
+                                         dropped={}), workers)
     if "dev" in damaged:
         dev = read_parallel(prepared.files.dev.src, prepared.files.dev.trg)
         save_ids(prepared.dev_ids, tokenizer.encode_src([src for src, _ in dev]),
@@ -233,26 +242,29 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], key:
 # ---------------------------------------------------------------------------------------------
 
 
-def _make_outputs(cfg: Config, files: ResolvedData) -> _Outputs:
+def _make_outputs(cfg: Config, files: ResolvedData, workers: Workers) -> _Outputs:
     """Read and check every split, filter train, train the tokenizer; write nothing. Training
-    pairs pass through in chunks: what stays is a bool per pair and SentencePiece's sample."""
-    scan = _scan_train(cfg, files.train)
+    pairs pass through in blocks: what stays is a bool per pair and SentencePiece's sample."""
+    scan = _scan_train(cfg, files.train, workers)
     kept = int(scan.keep.sum())
     dropped_text = ", ".join(f"{name} {n}" for name, n in scan.dropped.items() if n) or "none"
-    log.info("train: %d pairs, %d kept (dropped: %s)", len(scan.keep), kept, dropped_text)
+    log.info("train: %d pairs, %d kept (dropped: %s), read in %.1f s", len(scan.keep), kept, dropped_text,
+             scan.seconds)
     dev = read_parallel(files.dev.src, files.dev.trg)
     log.info("dev: %d pairs (all kept)", len(dev))
     tests = {name: len(read_parallel(pair.src, pair.trg)) for name, pair in files.tests.items()}  # fail now, not after training
     for name, count in tests.items():
         log.info("test %s: %d pairs", name, count)
 
+    sample_src, sample_trg = scan.sample.pairs()
     settings = cfg.tokenizer
-    sample_text = f"all {kept}" if len(scan.sample_src) == kept else f"a sample of {len(scan.sample_src)}"
+    sample_text = f"all {kept}" if len(sample_src) == kept else f"a sample of {len(sample_src)}"
     log.info("training SentencePiece (%s, vocab %d, %s) on %s kept pairs", settings.type, settings.vocab_size,
              "joint" if settings.joint else "separate src/trg", sample_text)
     with Ticking("training SentencePiece") as ticking:
-        models = train_models(settings, scan.sample_src, scan.sample_trg)
+        models = train_models(settings, sample_src, sample_trg)
     log.info("SentencePiece trained in %.1f s", ticking.close())
+    del sample_src, sample_trg
     tokenizer = Tokenizer(models)
     log.info("vocabulary: src %d, trg %d", tokenizer.src_vocab_size, tokenizer.trg_vocab_size)
     return _Outputs(models=models, tokenizer=tokenizer, train_keep=scan.keep, dev=dev,
@@ -264,56 +276,34 @@ def _make_outputs(cfg: Config, files: ResolvedData) -> _Outputs:
 class _Scan:
     keep: np.ndarray  # a bool per training pair
     dropped: dict[str, int]
-    sample_src: list[str]  # SentencePiece's training sample: every kept pair, or a uniform sample
-    sample_trg: list[str]
+    sample: Sample  # which kept pairs SentencePiece trains on
+    seconds: float
 
 
-def _scan_train(cfg: Config, train: FilePair) -> _Scan:
-    """One pass over the training files: check them, filter them, draw SentencePiece's sample."""
+def _scan_train(cfg: Config, train: FilePair, workers: Workers, sample: bool = True) -> _Scan:
+    """One pass over the training files: check them, filter them, choose SentencePiece's sample
+    (unless `sample` is false: the tokenizer is there)."""
     pair_filter = PairFilter(cfg.data.filter)
     # a joint model trains on both sides of each sampled pair: tokenizer.max_sentences in all
-    sample = _Reservoir(max(cfg.tokenizer.max_sentences // (2 if cfg.tokenizer.joint else 1), 1))
+    sample = Sample(max(cfg.tokenizer.max_sentences // (2 if cfg.tokenizer.joint else 1), 1) if sample else 0)
     keeps = []
     with Progress("reading train", total=count_lines(train.src)) as progress:
-        for src, trg in read_parallel_chunks(train.src, train.trg, CHUNK_PAIRS):
-            keep = pair_filter.keep(src, trg)
+        tasks = ((block, sample.bound()) for block in aligned_blocks(train.src, train.trg))
+        for scanned in workers.map(scan, tasks):
+            keep = pair_filter.keep_counted(scanned.src_words, scanned.trg_words, scanned.hashes)
             keeps.append(keep)
-            chosen = np.flatnonzero(keep)
-            sample.add([src[i] for i in chosen], [trg[i] for i in chosen])
-            progress.update(len(src))
+            sample.offer(scanned, keep)
+            progress.update(len(keep))
+        seconds = progress.close()
     pair_filter.check_some_kept()
-    return _Scan(np.concatenate(keeps), pair_filter.dropped, sample.src, sample.trg)
+    return _Scan(np.concatenate(keeps), pair_filter.dropped, sample, seconds)
 
 
-class _Reservoir:
-    """A uniform random sample of `size` pairs from a stream (Vitter's algorithm R), seeded so
-    that the same corpus gives the same sample; all of them, in order, while they fit."""
-
-    def __init__(self, size: int):
-        self.size, self.seen = size, 0
-        self.src: list[str] = []
-        self.trg: list[str] = []
-        self._rng = np.random.default_rng(RESERVOIR_SEED)
-
-    def add(self, src: list[str], trg: list[str]) -> None:
-        room = min(self.size - len(self.src), len(src))
-        self.src += src[:room]
-        self.trg += trg[:room]
-        self.seen += room
-        if room == len(src):
-            return
-        # pair number n (0-based) replaces a random slot with probability size / (n + 1)
-        numbers = np.arange(self.seen, self.seen + len(src) - room)
-        slots = self._rng.integers(0, numbers + 1)
-        for i, slot in zip(np.flatnonzero(slots < self.size), slots[slots < self.size]):
-            self.src[slot], self.trg[slot] = src[room + i], trg[room + i]
-        self.seen += len(src) - room
-
-
-def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, str], key: str) -> None:
+def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, str], key: str,
+           workers: Workers) -> None:
     prepared.manifest_path.unlink(missing_ok=True)  # until the new one lands, the dir reads as unprepared
     save_models(outputs.models, prepared.tokenizer_dir)
-    _encode_train(prepared, outputs)
+    _encode_train(prepared, outputs, workers)
     tokenizer, dev = outputs.tokenizer, outputs.dev
     save_ids(prepared.dev_ids, tokenizer.encode_src([src for src, _ in dev]), tokenizer.encode_trg([trg for _, trg in dev]))
     write_text(prepared.config_path, to_yaml(cfg))
@@ -331,18 +321,18 @@ def _write(cfg: Config, prepared: Prepared, outputs: _Outputs, sums: dict[str, s
     rundir.write_manifest(prepared.run_dir, manifest)
 
 
-def _encode_train(prepared: Prepared, outputs: _Outputs) -> None:
-    """Second pass over the training files: encode the kept pairs a chunk at a time (SentencePiece
-    encodes each chunk on every core) straight into the mapped cache."""
-    tokenizer, keep = outputs.tokenizer, outputs.train_keep
-    files, start = prepared.files.train, 0
+def _encode_train(prepared: Prepared, outputs: _Outputs, workers: Workers) -> None:
+    """Second pass over the training files: encode the kept pairs a block at a time, straight
+    into the mapped cache (SentencePiece encodes on every core: here, or one thread a worker)."""
+    keep, files = outputs.train_keep, prepared.files.train
+    encode = Encode(outputs.models, threads=1 if workers.processes > 1 else None)
     with Progress("encoding train", total=int(keep.sum())) as progress, \
             IdCacheWriter(prepared.train_ids) as writer:
-        for src, trg in read_parallel_chunks(files.src, files.trg, CHUNK_PAIRS):
-            chosen = np.flatnonzero(keep[start: start + len(src)])
-            start += len(src)
-            writer.add(tokenizer.encode_src([src[i] for i in chosen]), tokenizer.encode_trg([trg[i] for i in chosen]))
-            progress.update(len(chosen))
+        tasks = ((block, keep[block.first_line: block.first_line + block.pairs])
+                 for block in aligned_blocks(files.src, files.trg))
+        for src, trg in workers.map(encode, tasks):
+            writer.add_ragged(src, trg)
+            progress.update(len(src))
         log.info("encoded %d training pairs in %.1f s", writer.pairs, progress.close())
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import sentencepiece as spm
 
@@ -167,13 +167,14 @@ class Tokenizer:
     def trg_vocab_size(self) -> int:
         return self._trg.get_piece_size()
 
-    def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
-        """Piece ids per line, without BOS/EOS (the model adds what it needs)."""
-        return self._src.encode(list(lines), out_type=int, num_threads=_threads())
+    def encode_src(self, lines: Sequence[str], threads: Optional[int] = None) -> list[list[int]]:
+        """Piece ids per line, without BOS/EOS (the model adds what it needs); on `threads`
+        threads, by default one a core."""
+        return self._src.encode(list(lines), out_type=int, num_threads=threads or _threads())
 
-    def encode_trg(self, lines: Sequence[str]) -> list[list[int]]:
+    def encode_trg(self, lines: Sequence[str], threads: Optional[int] = None) -> list[list[int]]:
         """Piece ids per line, without BOS/EOS (training adds BOS to inputs, EOS to labels)."""
-        return self._trg.encode(list(lines), out_type=int, num_threads=_threads())
+        return self._trg.encode(list(lines), out_type=int, num_threads=threads or _threads())
 
     def decode_trg(self, ids_lists: Iterable[Sequence[int]]) -> list[str]:
         """Detokenized text per id list; PAD, BOS and EOS are dropped wherever they occur."""

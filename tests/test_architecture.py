@@ -32,10 +32,10 @@ def imported(tree: ast.Module) -> set[str]:
 # A new module gets a row here and in docs/architecture.md.
 LAYERS = {
     "errors": 0, "exported_translate": 0,
-    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1, "signals": 1,
+    "files": 1, "lock": 1, "yaml_bounds": 1, "progress": 1, "signals": 1, "workers": 1,
     "config": 2, "idcache": 2,
     "data": 3, "tokenizer": 3, "device": 3, "model": 3,
-    "rundir": 4, "batching": 4, "search": 4, "distributed": 4,
+    "rundir": 4, "batching": 4, "search": 4, "distributed": 4, "blocks": 4,
     "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5, "outputs": 5,
     "translate": 6, "run": 6, "export": 6, "options": 6,
     "evaluate": 7, "plot": 7,

@@ -16,7 +16,7 @@ import pytest
 
 from mt.config import DataConfig, FilterConfig
 from mt.data import (MULTI30K_SHA256, PairFilter, corpus_tests, count_lines, filter_pairs, input_sums, load_ids,
-                     read_parallel, read_parallel_chunks, resolve_files, save_ids)
+                     read_parallel, resolve_files, save_ids)
 from mt.errors import MtError
 from mt.files import read_lines, sha256_file
 from mt.idcache import IdCacheWriter
@@ -104,22 +104,6 @@ def test_windows_line_endings_are_not_part_of_the_text(tmp_path):
     src.write_bytes(b"Ein Hund.\r\nEine Katze.\r\n")
     trg.write_bytes(b"A dog.\r\nA cat.\r\n")
     assert read_parallel(src, trg) == [("Ein Hund.", "A dog."), ("Eine Katze.", "A cat.")]
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 10, 1000])
-def test_chunked_reading_gives_the_same_pairs_and_the_same_errors(tmp_path, toy_pairs, chunk):
-    src, trg = write_pairs(tmp_path, "train", toy_pairs[:10])
-    chunks = list(read_parallel_chunks(src, trg, chunk))
-    assert all(len(s) == len(t) <= chunk for s, t in chunks)
-    assert [pair for s, t in chunks for pair in zip(s, t)] == read_parallel(src, trg)
-    for src_count, trg_count in ((10, 9), (9, 10), (0, 3), (3, 0)):
-        short_src = write_lines(tmp_path / "a.de", [s for s, _ in toy_pairs[:src_count]])
-        short_trg = write_lines(tmp_path / "a.en", [t for _, t in toy_pairs[:trg_count]])
-        with pytest.raises(MtError, match=rf"^{short_src} has {src_count} lines but {short_trg} has {trg_count};"):
-            list(read_parallel_chunks(short_src, short_trg, chunk))
-    empty = write_lines(tmp_path / "empty.de", [])
-    with pytest.raises(MtError, match="empty corpus"):
-        list(read_parallel_chunks(empty, write_lines(tmp_path / "empty.en", []), chunk))
 
 
 def test_count_lines_counts_a_last_line_without_newline(tmp_path):

@@ -1,0 +1,129 @@
+"""Worker processes for `mt prepare`'s per-line work: a function mapped over tasks in order,
+in fresh Python processes, one a core (blocks.py says what the work is)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from mt.errors import MtError
+
+POOL_MIN_BYTES = 64 * 2**20  # less text than this is done here: starting processes would cost more
+MAX_WORKERS = 8  # past this, the main process's reading is the bound
+
+
+class Workers:
+    """Maps a function over tasks in order: in `processes` worker processes, or here when that
+    is 1. Each worker is a fresh Python (`_serve`) reading (function, task) pickles on
+    its stdin and answering on its stdout: not multiprocessing, whose spawned children import the
+    caller's own script again (and fork is unsafe once torch's threads run). Worker k takes
+    tasks k, k + processes, ...: one in flight each, so memory stays flat and the results come
+    in order. An error in a worker (an MtError naming a line) is raised here at its block."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._children: list[subprocess.Popen] = []  # started at the first map: a run found prepared needs none
+
+    def map(self, work: Callable, tasks: Iterator) -> Iterator:
+        if self.processes == 1:
+            yield from map(work, tasks)
+            return
+        self._start()
+        busy: collections.deque = collections.deque()  # children with a task in flight, oldest first
+        for k, task in enumerate(tasks):
+            child = self._children[k % self.processes]
+            if len(busy) == self.processes:
+                yield _receive(busy.popleft())
+            _send(child, (work, task))
+            busy.append(child)
+        while busy:
+            yield _receive(busy.popleft())
+
+    def _start(self) -> None:
+        if self._children:
+            return
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        self._children = [subprocess.Popen([sys.executable, "-c", "from mt.workers import _serve; _serve()"],
+                                           stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, env=env) for _ in range(self.processes)]
+
+    def close(self) -> None:
+        for child in self._children:
+            child.kill()  # a task cut short by an error or a signal is not worth waiting for
+            child.wait()
+            child.stdin.close()
+            child.stdout.close()
+        self._children = []
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _send(child: subprocess.Popen, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    child.stdin.write(len(data).to_bytes(8, "little") + data)
+    child.stdin.flush()
+
+
+def _receive(child: subprocess.Popen):
+    header = child.stdout.read(8)
+    if len(header) < 8:
+        raise MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
+    ok, value = pickle.loads(child.stdout.read(int.from_bytes(header, "little")))
+    if not ok:
+        raise value
+    return value
+
+
+def _serve() -> None:
+    """A worker's life: answer each (function, task) on stdin until it closes. Its stdout is kept
+    for the answers (anything a library prints goes to stderr), and Ctrl-C is for the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    while header := tasks.read(8):
+        work, task = pickle.loads(tasks.read(int.from_bytes(header, "little")))
+        try:
+            answer = (True, work(task))
+        except Exception as e:  # noqa: BLE001  (raised again in the parent)
+            answer = (False, e if _pickles(e) else RuntimeError(repr(e)))
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.write(len(data).to_bytes(8, "little") + data)
+        answers.flush()
+
+
+def _pickles(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def processes_for(*paths: str | os.PathLike, requested: Optional[int] = None) -> int:
+    """How many processes to prepare with: `requested`, else one a core (up to MAX_WORKERS) for
+    plain files of POOL_MIN_BYTES or more. A .gz cannot be cut without reading it, so its blocks
+    still come from here, but their work goes to the pool all the same."""
+    if requested is not None:
+        return max(1, requested)
+    size = sum(os.path.getsize(path) for path in paths)
+    if str(paths[0]).endswith(".gz"):
+        size *= 4  # text compresses about 4:1
+    return min(_cores(), MAX_WORKERS) if size >= POOL_MIN_BYTES else 1
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
