@@ -87,19 +87,27 @@ def _receive(child: subprocess.Popen):
 
 def _serve() -> None:
     """A worker's life: answer each (function, task) on stdin until it closes. Its stdout is kept
-    for the answers (anything a library prints goes to stderr), and Ctrl-C is for the parent."""
+    for the answers (anything a library prints goes to stderr), and Ctrl-C is for the parent;
+    a parent gone (its pipes closed) ends the worker quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    while header := tasks.read(8):
-        work, task = pickle.loads(tasks.read(int.from_bytes(header, "little")))
+    while len(header := tasks.read(8)) == 8:
+        size = int.from_bytes(header, "little")
+        message = tasks.read(size)
+        if len(message) < size:
+            return
+        work, task = pickle.loads(message)
         try:
             answer = (True, work(task))
         except Exception as e:  # noqa: BLE001  (raised again in the parent)
             answer = (False, e if _pickles(e) else RuntimeError(repr(e)))
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        answers.write(len(data).to_bytes(8, "little") + data)
-        answers.flush()
+        try:
+            answers.write(len(data).to_bytes(8, "little") + data)
+            answers.flush()
+        except BrokenPipeError:
+            return
 
 
 def _pickles(value: object) -> bool:
