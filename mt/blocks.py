@@ -130,11 +130,7 @@ def lines_of(block: Block) -> tuple[list[str], list[str]]:
 
 
 def _decode(data: bytes, path: str, first_line: int) -> list[str]:
-    try:
-        lines = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError as e:
-        line = first_line + data.count(b"\n", 0, e.start) + 1
-        raise MtError(f"{path}:{line}: invalid UTF-8") from None
+    lines = _text(data, path, first_line).split("\n")
     lines.pop()  # the empty string after the last LF
     return [line.rstrip("\r") for line in lines] if b"\r" in data else lines
 
@@ -158,7 +154,7 @@ def scan(task: tuple[Block, Optional[int]]) -> Scanned:
     counts as `str.split()` and the same hashes as `data.pair_hashes` on the decoded lines."""
     block, bound = task
     for data, path in ((block.src, block.src_path), (block.trg, block.trg_path)):
-        _decode_check(data, path, block.first_line)
+        _text(data, path, block.first_line)  # invalid UTF-8 is an error here too
     src, trg = _Spans(block.src), _Spans(block.trg)
     hashes = np.frombuffer(b"".join(hashlib.blake2b(s + b"\n" + t, digest_size=8).digest()
                                     for s, t in zip(src.lines(), trg.lines())), dtype="<u8").astype(np.uint64)
@@ -167,9 +163,9 @@ def scan(task: tuple[Block, Optional[int]]) -> Scanned:
                    src.text(candidates), trg.text(candidates))
 
 
-def _decode_check(data: bytes, path: str, first_line: int) -> None:
+def _text(data: bytes, path: str, first_line: int) -> str:
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = first_line + data.count(b"\n", 0, e.start) + 1
         raise MtError(f"{path}:{line}: invalid UTF-8") from None
