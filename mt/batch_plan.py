@@ -89,7 +89,8 @@ def _load(paths: tuple[Path, Path], pairs: int) -> Optional[Batches]:
         why = f"unreadable ({str(e).split('. ')[0]})"
     if why is None:
         return Batches(order, bounds)
-    log.info("note: %s: the saved training batches are %s; making them again", str(paths[0]).replace(".order.", ".*."), why)
+    named = str(paths[0]).replace(".order.", ".*.")
+    log.info("note: %s: the saved training batches are %s; making them again", named, why)
     return None
 
 
