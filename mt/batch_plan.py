@@ -1,9 +1,9 @@
 """The training batches kept in the run dir, so that `mt train` starts as fast at 5 M pairs as at 1 M.
 
 Making the batches (`batching.plan_batches`) reads every sentence's length and sorts them all:
-0.8 s and ~200 MB of index arrays at 5 M pairs, at every start. The first start saves what it
-made, `Batches.order` and `Batches.bounds`, as two .npy files in cache/plan/; the next ones map
-them (`np.load(mmap_mode="r")`): nothing is read until a batch needs it, and the ranks of a
+most of a second and a few hundred MB of index arrays at 5 M pairs, at every start. The first
+start saves what it made, `Batches.order` and `Batches.bounds`, as two .npy files in cache/plan/;
+the next ones map them (`np.load(mmap_mode="r")`): nothing is read until a batch needs it, and the ranks of a
 torchrun job share the pages.
 
 Both files are named by a key over everything the batches depend on: the train id cache's files
