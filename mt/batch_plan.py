@@ -3,8 +3,8 @@
 Making the batches (`batching.plan_batches`) reads every sentence's length and sorts them all:
 most of a second and a few hundred MB of index arrays at 5 M pairs, at every start. The first
 start saves what it made, `Batches.order` and `Batches.bounds`, as two .npy files in cache/plan/;
-the next ones map them (`np.load(mmap_mode="r")`): nothing is read until a batch needs it, and the ranks of a
-torchrun job share the pages.
+the next ones map them (`np.load(mmap_mode="r")`): nothing is read until a batch needs it, and
+the ranks of a torchrun job share the pages.
 
 Both files are named by a key over everything the batches depend on: the train id cache's files
 (size, mtime_ns and inode of each: a cache encoded again is new files, so it never meets an old
