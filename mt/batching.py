@@ -22,6 +22,9 @@ from mt.idcache import Ragged, check_ids
 from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
+PAD_MULTIPLE = 8  # training batches' lengths are rounded up to a multiple of this
+
+
 @dataclass
 class Batch:
     src_ids: torch.Tensor  # (batch, src_len), ids + EOS, PAD after
@@ -205,12 +208,13 @@ class BatchStream:
     """Yields (position after the batch, batch) forever, epoch after epoch, from `position` on."""
 
     def __init__(self, src: Sequence[np.ndarray], trg: Sequence[np.ndarray], batch_tokens: int,
-                 seed: int, max_len: int, rank: int = 0, world: int = 1, pad_multiple: int = 8,
-                 vocab_sizes: tuple[int, int] | None = None):
+                 seed: int, max_len: int, rank: int = 0, world: int = 1, pad_multiple: int = PAD_MULTIPLE,
+                 vocab_sizes: tuple[int, int] | None = None, batches: Batches | None = None):
+        """`batches`: those `plan_batches` makes of these arguments, when already made (batch_plan.py
+        keeps them in the run dir); made here when not given."""
         self.src, self.trg, self.seed, self.max_len = src, trg, seed, max_len
         self.rank, self.world, self.pad_multiple, self.vocab_sizes = rank, world, pad_multiple, vocab_sizes
-        self.batches = make_batches(np.minimum(lengths_of(src), max_len - 1),
-                                    np.minimum(lengths_of(trg), max_len - 1), batch_tokens, pad_multiple)
+        self.batches = batches if batches is not None else plan_batches(src, trg, batch_tokens, max_len, pad_multiple)
 
     def batches_per_epoch(self) -> int:
         return len(epoch_order(len(self.batches), self.seed, 1, self.rank, self.world))
@@ -230,6 +234,13 @@ class BatchStream:
                                 self.vocab_sizes)
                 yield Position(epoch, k + 1), batch
             epoch, done = epoch + 1, 0
+
+
+def plan_batches(src: Sequence[np.ndarray], trg: Sequence[np.ndarray], batch_tokens: int, max_len: int,
+                 pad_multiple: int = PAD_MULTIPLE) -> Batches:
+    """The training batches of a corpus: lengths clipped to what collate keeps of a sentence."""
+    return make_batches(np.minimum(lengths_of(src), max_len - 1), np.minimum(lengths_of(trg), max_len - 1),
+                        batch_tokens, pad_multiple)
 
 
 def lengths_of(side: Sequence[np.ndarray]) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mt import distributed, rundir
+from mt.batch_plan import load_or_make_plan
 from mt.batching import BatchStream, Position, make_batches, resplit
 from mt.checkpoint import build_model, check_identity, load_checkpoint, restore, saved_world
 from mt.config import Config, to_dict
@@ -159,9 +160,11 @@ def make_stream(cfg: Config, run_dir: Path, tokenizer: Tokenizer, dist: distribu
     """This process's share of the training batches; an error on every rank when there are
     fewer batches than processes (each rank would wait forever for a batch of its own)."""
     train_ids = load_ids(rundir.ids_file(run_dir, "train"))
+    batches = load_or_make_plan(run_dir, train_ids, cfg.training.batch_tokens, cfg.model.max_len,
+                                save=dist.rank == 0)  # the other ranks map it from the next start on
     stream = BatchStream(train_ids.src, train_ids.trg, cfg.training.batch_tokens, cfg.training.seed,
                          cfg.model.max_len, rank=dist.rank, world=dist.world,
-                         vocab_sizes=(tokenizer.src_vocab_size, tokenizer.trg_vocab_size))
+                         vocab_sizes=(tokenizer.src_vocab_size, tokenizer.trg_vocab_size), batches=batches)
     if stream.batches_per_epoch() == 0:
         dist.barrier()  # every rank gets here: none is stopped by the launcher before it says why
         dist.close()

@@ -9,6 +9,8 @@
                           (runs prepared before: cache/train.npz, cache/dev.npz; still read)
       cache/input_sums.json  SHA-256 of the user's input files by path, size and mtime, so an
                           unchanged file is not read again at each start (prepare; files.KnownSums)
+      cache/plan/         the training batches made of cache/train, mapped at the next start
+                          instead of sorting the corpus again (train; batch_plan.py)
       checkpoints/        step_<N>.pt, best.pt, averaged.pt              (train, average)
       metrics.jsonl       one JSON object per log line or validation     (train; read by plot)
       train.log           the training log                               (the CLI, for train)
@@ -43,6 +45,7 @@ MANIFEST = "manifest.json"
 INPUT_SUMS = "input_sums.json"
 TOKENIZER = "tokenizer"
 CACHE = "cache"
+PLAN = "plan"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
@@ -97,6 +100,10 @@ def ids_file(run_dir: str | Path, split: str) -> Path:
 
 def input_sums_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / CACHE / INPUT_SUMS
+
+
+def plan_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CACHE / PLAN
 
 
 def read_input_sums(run_dir: str | Path) -> dict:

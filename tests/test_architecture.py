@@ -36,7 +36,7 @@ LAYERS = {
     "config": 2, "idcache": 2,
     "data": 3, "tokenizer": 3, "device": 3, "model": 3,
     "rundir": 4, "batching": 4, "search": 4, "distributed": 4, "blocks": 4,
-    "checkpoint": 5, "align": 5, "loss": 5, "meter": 5, "prepare": 5, "outputs": 5,
+    "checkpoint": 5, "align": 5, "batch_plan": 5, "loss": 5, "meter": 5, "prepare": 5, "outputs": 5,
     "translate": 6, "run": 6, "export": 6, "options": 6,
     "evaluate": 7, "plot": 7,
     "train": 8, "serve_worker": 8,

@@ -57,6 +57,7 @@ def test_resume_continues_exactly(tmp_path, small_data):
     run_mt("train", "--config", str(straight))
     first = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=15, **TINY)
     run_mt("train", "--config", str(first))
+    assert len(list((tmp_path / "b/cache/plan").glob("*.order.npy"))) == 1  # the resumed run maps the batches saved
     second = toy_config(tmp_path / "b.yaml", small_data, tmp_path / "b", training__max_steps=30, **TINY)
     resumed = run_mt("train", "--config", str(second))
     assert "resuming" in resumed.stderr
