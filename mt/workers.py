@@ -4,6 +4,7 @@ in fresh Python processes, one a core (blocks.py says what the work is)."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 import signal
@@ -16,6 +17,7 @@ from mt.errors import MtError
 
 POOL_MIN_BYTES = 64 * 2**20  # less text than this is done here: starting processes would cost more
 MAX_WORKERS = 8  # past this, the main process's reading is the bound
+_WORKER = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from mt.workers import _serve; _serve()"
 
 
 class Workers:
@@ -48,18 +50,21 @@ class Workers:
     def _start(self) -> None:
         if self._children:
             return
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
-        self._children = [subprocess.Popen([sys.executable, "-c", "from mt.workers import _serve; _serve()"],
-                                           stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, env=env) for _ in range(self.processes)]
+        # the parent's import path, this mt first: `python -c` would put the current directory
+        # first, and an mt (or numpy) found there would be imported instead of ours
+        path = json.dumps([str(Path(__file__).resolve().parent.parent), *sys.path])
+        self._children = [subprocess.Popen([sys.executable, "-c", _WORKER, path], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE) for _ in range(self.processes)]
 
     def close(self) -> None:
         for child in self._children:
             child.kill()  # a task cut short by an error or a signal is not worth waiting for
             child.wait()
-            child.stdin.close()
-            child.stdout.close()
+            for pipe in (child.stdin, child.stdout):
+                try:
+                    pipe.close()
+                except OSError:  # a task half sent to a worker that had died
+                    pass
         self._children = []
 
     def __enter__(self) -> Workers:
@@ -71,18 +76,27 @@ class Workers:
 
 def _send(child: subprocess.Popen, message: object) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    child.stdin.write(len(data).to_bytes(8, "little") + data)
-    child.stdin.flush()
+    try:
+        child.stdin.write(len(data).to_bytes(8, "little") + data)
+        child.stdin.flush()
+    except BrokenPipeError:  # it died between two tasks (killed, or it could not start)
+        _ended(child)
 
 
 def _receive(child: subprocess.Popen):
     header = child.stdout.read(8)
-    if len(header) < 8:
-        raise MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
-    ok, value = pickle.loads(child.stdout.read(int.from_bytes(header, "little")))
+    size = int.from_bytes(header, "little")
+    data = child.stdout.read(size) if len(header) == 8 else b""
+    if len(data) < size or len(header) < 8:
+        _ended(child)
+    ok, value = pickle.loads(data)
     if not ok:
         raise value
     return value
+
+
+def _ended(child: subprocess.Popen) -> None:
+    raise MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
 
 
 def _serve() -> None:

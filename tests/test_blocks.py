@@ -5,7 +5,9 @@ all giving exactly what one process reading decoded lines gives."""
 from __future__ import annotations
 
 import gzip
+import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -139,3 +141,34 @@ def test_a_script_without_a_main_guard_prepares_in_worker_processes(toy):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "prepared\n"
     assert len(load_ids(toy.run_dir / "cache/train")) == 500
+
+
+def test_workers_import_this_mt_whatever_the_current_folder_holds(toy):
+    """`python -c` puts the current folder first on the import path: an `mt` there (another
+    checkout, a user's package) was imported by the workers instead of the parent's."""
+    shadow = toy.folder / "elsewhere"
+    (shadow / "mt").mkdir(parents=True)
+    (shadow / "mt/__init__.py").write_text("raise SystemExit('the mt of the current folder')\n")
+    script = toy.folder / "prepare_it.py"
+    script.write_text(textwrap.dedent(f"""\
+        from mt.config import load_config
+        from mt.prepare import prepare
+        prepare(load_config({str(toy.config)!r}), processes=2)
+        print("prepared")
+        """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=shadow, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "prepared\n"
+
+
+def test_a_worker_killed_between_two_tasks_is_one_error_not_a_broken_pipe():
+    """A worker dead while idle (kill -9 while SentencePiece trains, between the two passes):
+    the next task sent to it is refused with one line, and closing the pool raises nothing."""
+    with pytest.raises(MtError, match=r"^a worker process of mt prepare ended unexpectedly \(exit status -9\)$"):
+        with Workers(2) as workers:
+            assert list(workers.map(abs, [-1, -2])) == [1, 2]
+            for child in workers._children:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait()
+            list(workers.map(abs, [b"x" * 2**20 for _ in range(4)]))  # more than a pipe holds
