@@ -4,6 +4,7 @@ in fresh Python processes, one a core (blocks.py says what the work is)."""
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import pickle
@@ -38,7 +39,16 @@ class Workers:
             return
         self._start()
         busy: collections.deque = collections.deque()  # children with a task in flight, oldest first
-        for k, task in enumerate(tasks):
+        tasks = iter(tasks)
+        for k in itertools.count():
+            try:
+                task = next(tasks)
+            except StopIteration:
+                break
+            except Exception:  # the tasks' own error (the files' line counts) comes after the tasks
+                while busy:    # before it, as in one process, whose errors (a bad line) come first
+                    yield _receive(busy.popleft())
+                raise
             child = self._children[k % self.processes]
             if len(busy) == self.processes:
                 yield _receive(busy.popleft())

@@ -172,3 +172,14 @@ def test_a_worker_killed_between_two_tasks_is_one_error_not_a_broken_pipe():
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()
             list(workers.map(abs, [b"x" * 2**20 for _ in range(4)]))  # more than a pipe holds
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_bad_line_before_the_files_part_is_the_error_however_many_processes(tmp_path, toy_pairs, processes):
+    """The pairs ahead of a line-count mismatch are in flight when the reading finds it: their
+    error (invalid UTF-8 at line 1) is the one raised, as one process raises it."""
+    src, trg = write_pairs(tmp_path, "train", toy_pairs[:6])
+    src.write_bytes(src.read_bytes().replace(b"\n", b" Caf\xe9\n", 1))
+    trg.write_bytes(trg.read_bytes() + b"one line more\n")
+    with Workers(processes) as workers, pytest.raises(MtError, match=rf"^{src}:1: invalid UTF-8$"):
+        list(workers.map(scan, ((block, None) for block in aligned_blocks(src, trg, 3))))
