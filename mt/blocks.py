@@ -75,12 +75,13 @@ class _Lines:
         """Up to `count` whole lines, and how many."""
         if not count:
             return b"", 0
-        lines = self._buffer.count(b"\n")
-        while lines < count and not self._end:
+        parts, lines = [self._buffer], self._buffer.count(b"\n")
+        while lines < count and not self._end:  # joined once: a line of many MB is many reads
             more = self._read((count - lines) * self._line_bytes * 9 // 8 + (1 << 16))
             self._end = not more
-            self._buffer += more
+            parts.append(more)
             lines += more.count(b"\n")
+        self._buffer = b"".join(parts)
         if lines < count and self._buffer and not self._buffer.endswith(b"\n"):
             self._buffer, lines = self._buffer + b"\n", lines + 1  # the last line, without its LF
         if lines < count or (lines == count and self._buffer.endswith(b"\n")):  # all of it, whole lines

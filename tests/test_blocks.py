@@ -183,3 +183,15 @@ def test_a_bad_line_before_the_files_part_is_the_error_however_many_processes(tm
     trg.write_bytes(trg.read_bytes() + b"one line more\n")
     with Workers(processes) as workers, pytest.raises(MtError, match=rf"^{src}:1: invalid UTF-8$"):
         list(workers.map(scan, ((block, None) for block in aligned_blocks(src, trg, 3))))
+
+
+def test_a_line_longer_than_a_block_reads_whole(tmp_path):
+    """A line of 8 MB as the last of a block, on one side: read in many small reads, joined once
+    (joined one read at a time, a line of 80 MB near a block's end took 32 s to read, not 0.2 s)."""
+    long_line = "Wort " * (8 * 2**20 // 5)
+    src = write_lines(tmp_path / "a.de", ["a b", "c d", long_line, "e f", "g"])
+    trg = write_lines(tmp_path / "a.en", ["A B", "C D", "long", "E F", "G"])
+    blocks = list(aligned_blocks(src, trg, 3))
+    assert [block.pairs for block in blocks] == [3, 2]
+    assert [pair for block in blocks for pair in zip(*lines_of(block))] == read_parallel(src, trg)
+    assert scan((blocks[0], None)).src_words.tolist() == [2, 2, len(long_line.split())]
