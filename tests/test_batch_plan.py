@@ -88,8 +88,20 @@ def bounds_falling(path):
     np.save(path, np.array([0, 300, 200, 400], dtype=np.int64))
 
 
-@pytest.mark.parametrize("damage, part", [(truncate, 0), (garble, 0), (of_another_length, 0), (truncate, 1),
-                                          (garble, 1), (bounds_falling, 1)])
+def index_out_of_range(path):
+    order = np.load(path)
+    order[3] = 10**6  # a flipped bit: training stopped on an IndexError at the batch holding it
+    np.save(path, order)
+
+
+def index_repeated(path):
+    order = np.load(path)
+    order[3] = order[4]  # trained on one pair twice, another never
+    np.save(path, order)
+
+
+@pytest.mark.parametrize("damage, part", [(truncate, 0), (garble, 0), (of_another_length, 0), (index_out_of_range, 0),
+                                          (index_repeated, 0), (truncate, 1), (garble, 1), (bounds_falling, 1)])
 def test_a_damaged_plan_is_made_again_and_saved_over(tmp_path, caplog, damage, part):
     ids = make_cache(tmp_path)
     load_or_make_plan(tmp_path, ids, batch_tokens=256, max_len=32)
