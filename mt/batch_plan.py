@@ -96,7 +96,7 @@ def _load(paths: tuple[Path, Path], pairs: int) -> Optional[Batches]:
 
 def _misfit(order: np.ndarray, bounds: np.ndarray, pairs: int) -> Optional[str]:
     """What makes `order` and `bounds` not a plan of `pairs` pairs. `order` is read once, for its
-    range and sum (5 ms at 5 M pairs): a damaged entry would stop training with an IndexError,
+    range and sum (a few ms at 5 M pairs): a damaged entry would stop training with an IndexError,
     or train on a pair twice and another never."""
     if order.ndim != 1 or bounds.ndim != 1 or order.dtype.kind not in "iu" or bounds.dtype.kind not in "iu":
         return f"not a plan (arrays of {order.dtype} {order.shape} and {bounds.dtype} {bounds.shape})"
