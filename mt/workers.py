@@ -62,7 +62,7 @@ class Workers:
             return
         # the parent's import path, this mt first: `python -c` would put the current directory
         # first, and an mt (or numpy) found there would be imported instead of ours
-        path = json.dumps([str(Path(__file__).resolve().parent.parent), *sys.path])
+        path = json.dumps([str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if isinstance(p, str))])
         self._children = [subprocess.Popen([sys.executable, "-c", _WORKER, path], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE) for _ in range(self.processes)]
 
