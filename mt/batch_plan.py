@@ -102,7 +102,7 @@ def _misfit(order: np.ndarray, bounds: np.ndarray, pairs: int) -> Optional[str]:
         return f"not a plan (arrays of {order.dtype} {order.shape} and {bounds.dtype} {bounds.shape})"
     if len(order) != pairs:
         return f"of {len(order)} pairs, the cache holds {pairs}"
-    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != pairs or not np.all(np.diff(bounds) > 0):
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != pairs or not np.all(bounds[1:] > bounds[:-1]):
         return "cut into batches that do not fit (bounds not rising from 0 to the pairs)"
     if order.min() < 0 or order.max() >= pairs or int(order.sum(dtype=np.int64)) != pairs * (pairs - 1) // 2:
         return "not an order of the cache's pairs (an index out of range or repeated)"

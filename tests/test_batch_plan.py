@@ -88,6 +88,10 @@ def bounds_falling(path):
     np.save(path, np.array([0, 300, 200, 400], dtype=np.int64))
 
 
+def bounds_falling_unsigned(path):
+    np.save(path, np.array([0, 300, 200, 400], dtype=np.uint64))  # np.diff wraps around: all "rising"
+
+
 def index_out_of_range(path):
     order = np.load(path)
     order[3] = 10**6  # a flipped bit: training stopped on an IndexError at the batch holding it
@@ -101,7 +105,8 @@ def index_repeated(path):
 
 
 @pytest.mark.parametrize("damage, part", [(truncate, 0), (garble, 0), (of_another_length, 0), (index_out_of_range, 0),
-                                          (index_repeated, 0), (truncate, 1), (garble, 1), (bounds_falling, 1)])
+                                          (index_repeated, 0), (truncate, 1), (garble, 1), (bounds_falling, 1),
+                                          (bounds_falling_unsigned, 1)])
 def test_a_damaged_plan_is_made_again_and_saved_over(tmp_path, caplog, damage, part):
     ids = make_cache(tmp_path)
     load_or_make_plan(tmp_path, ids, batch_tokens=256, max_len=32)
