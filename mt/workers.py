@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import pickle
 import signal
@@ -18,7 +17,8 @@ from mt.errors import MtError
 
 POOL_MIN_BYTES = 64 * 2**20  # less text than this is done here: starting processes would cost more
 MAX_WORKERS = 8  # past this, the main process's reading is the bound
-_WORKER = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from mt.workers import _serve; _serve()"
+# a worker's program: the parent's import path (its arguments) set before any import (even json's)
+_WORKER = "import sys; sys.path[:] = sys.argv[1:]; from mt.workers import _serve; _serve()"
 
 
 class Workers:
@@ -61,9 +61,9 @@ class Workers:
         if self._children:
             return
         # the parent's import path, this mt first: `python -c` would put the current directory
-        # first, and an mt (or numpy) found there would be imported instead of ours
-        path = json.dumps([str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if isinstance(p, str))])
-        self._children = [subprocess.Popen([sys.executable, "-c", _WORKER, path], stdin=subprocess.PIPE,
+        # first, and an mt (or numpy, or json) found there would be imported instead of ours
+        path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if isinstance(p, str))]
+        self._children = [subprocess.Popen([sys.executable, "-c", _WORKER, *path], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE) for _ in range(self.processes)]
 
     def close(self) -> None:

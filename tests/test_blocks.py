@@ -145,11 +145,12 @@ def test_a_script_without_a_main_guard_prepares_in_worker_processes(toy):
 
 def test_workers_import_this_mt_whatever_the_current_folder_holds(toy):
     """`python -c` puts the current folder first on the import path: an `mt` there (another
-    checkout, a user's package) was imported by the workers instead of the parent's. The
-    script's sys.path holds a Path too, as scripts' often do (the import system skips it)."""
+    checkout, a user's package), or a json.py, was imported by the workers instead of the
+    parent's. The script's sys.path holds a Path too, as scripts' often do (imports skip it)."""
     shadow = toy.folder / "elsewhere"
     (shadow / "mt").mkdir(parents=True)
     (shadow / "mt/__init__.py").write_text("raise SystemExit('the mt of the current folder')\n")
+    (shadow / "json.py").write_text("raise SystemExit('the json of the current folder')\n")
     script = toy.folder / "prepare_it.py"
     script.write_text(textwrap.dedent(f"""\
         import pathlib, sys
