@@ -36,14 +36,18 @@ class Workers:
             return
         self._start()
         busy: collections.deque = collections.deque()  # children with a task in flight, oldest first
-        for k, task in enumerate(tasks):
-            child = self._children[k % self.processes]
-            if len(busy) == self.processes:
+        try:
+            for k, task in enumerate(tasks):
+                child = self._children[k % self.processes]
+                if len(busy) == self.processes:
+                    yield _receive(busy.popleft())
+                _send(child, (work, task))
+                busy.append(child)
+            while busy:
                 yield _receive(busy.popleft())
-            _send(child, (work, task))
-            busy.append(child)
-        while busy:
-            yield _receive(busy.popleft())
+        finally:
+            if busy:  # cut short (an error, a consumer that stopped): answers still in the pipes
+                self.close()  # would be taken for the next map's; the next map starts new workers
 
     def _start(self) -> None:
         if self._children:
