@@ -4,6 +4,7 @@ in fresh Python processes, one a core (blocks.py says what the work is)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import pickle
 import signal
@@ -62,8 +63,9 @@ class Workers:
         for child in self._children:
             child.kill()  # a task cut short by an error or a signal is not worth waiting for
             child.wait()
-            child.stdin.close()
-            child.stdout.close()
+            for pipe in (child.stdin, child.stdout):
+                with contextlib.suppress(OSError):  # a task half sent to a dead worker: nothing to flush it to
+                    pipe.close()
         self._children = []
 
     def __enter__(self) -> Workers:
@@ -75,18 +77,27 @@ class Workers:
 
 def _send(child: subprocess.Popen, message: object) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    child.stdin.write(len(data).to_bytes(8, "little") + data)
-    child.stdin.flush()
+    try:
+        child.stdin.write(len(data).to_bytes(8, "little") + data)
+        child.stdin.flush()
+    except BrokenPipeError:  # the worker is gone (killed for memory, say) since its last answer
+        raise _ended(child) from None
 
 
 def _receive(child: subprocess.Popen):
     header = child.stdout.read(8)
-    if len(header) < 8:
-        raise MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
-    ok, value = pickle.loads(child.stdout.read(int.from_bytes(header, "little")))
+    size = int.from_bytes(header, "little")
+    message = child.stdout.read(size) if len(header) == 8 else b""
+    if len(header) < 8 or len(message) < size:  # it died before or while answering
+        raise _ended(child)
+    ok, value = pickle.loads(message)
     if not ok:
         raise value
     return value
+
+
+def _ended(child: subprocess.Popen) -> MtError:
+    return MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
 
 
 def _serve() -> None:
