@@ -43,9 +43,10 @@ class Block:
 
 
 def aligned_blocks(src_path: str | os.PathLike, trg_path: str | os.PathLike,
-                   pairs: int = BLOCK_PAIRS) -> Iterator[Block]:
-    """The pairs of two files `pairs` at a time, with the checks `data.read_parallel` makes:
-    the same number of lines on both sides, and at least one."""
+                   pairs: Optional[int] = None) -> Iterator[Block]:
+    """The pairs of two files `pairs` (default BLOCK_PAIRS) at a time, with the checks
+    `data.read_parallel` makes: the same number of lines on both sides, and at least one."""
+    pairs = pairs or BLOCK_PAIRS  # read here, not at import: a test cuts a small corpus into many blocks
     with _Lines(src_path) as src, _Lines(trg_path) as trg:
         first = 0
         while True:

@@ -139,3 +139,32 @@ def test_a_script_without_a_main_guard_prepares_in_worker_processes(toy):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "prepared\n"
     assert len(load_ids(toy.run_dir / "cache/train")) == 500
+
+
+def test_blocks_in_worker_processes_make_the_run_one_block_makes(toy, toy_pairs, monkeypatch):
+    """Many blocks (the sample's bound sent a block or two late to each worker, each block's
+    share of the kept pairs encoded by the worker it went to) give exactly the run one block
+    gives, and its cache is the tokenized text of the pairs the filters keep."""
+    from mt import blocks
+    from mt.config import load_config
+    from mt.data import filter_pairs
+    from mt.prepare import prepare
+    from mt.tokenizer import Tokenizer
+
+    train = toy_pairs[:500] + [("", "An empty source.")] + toy_pairs[:30] + toy_pairs[200:230]  # drops in later blocks
+    random.Random(5).shuffle(train)
+    write_pairs(toy.folder, "many", train)
+    runs = {}
+    for block_pairs, processes in ((None, 1), (37, 1), (37, 2)):
+        monkeypatch.setattr(blocks, "BLOCK_PAIRS", block_pairs or 50_000)
+        run_dir = toy.folder / f"run{block_pairs}_{processes}"
+        cfg = load_config(toy.config, [f"run_dir={run_dir}", "tokenizer.max_sentences=200",
+                                       f"data.train.src={toy.folder / 'many.de'}", f"data.train.trg={toy.folder / 'many.en'}"])
+        prepare(cfg, processes=processes)
+        runs[run_dir] = {path.relative_to(run_dir): path.read_bytes() for path in sorted(run_dir.rglob("*"))
+                         if path.is_file() and path.parent.name in ("tokenizer", "train", "dev")}
+    assert all(files == runs[run_dir] for files in runs.values())
+    kept, _ = filter_pairs(train, cfg.data.filter)
+    tokenizer, cache = Tokenizer.load(run_dir / "tokenizer"), load_ids(run_dir / "cache/train")
+    assert len(kept) == 500 and [ids.tolist() for ids in cache.src] == tokenizer.encode_src([s for s, _ in kept])
+    assert [ids.tolist() for ids in cache.trg] == tokenizer.encode_trg([t for _, t in kept])
