@@ -211,10 +211,12 @@ class _Spans:
         return np.diff(np.searchsorted(np.flatnonzero(word_start), self.ends), prepend=0)
 
     def _wide_spaces(self, leads: np.ndarray) -> np.ndarray:
-        b = np.concatenate([self.bytes, np.zeros(2, dtype=np.uint8)]).astype(np.int64)
-        two = (b[leads] & 0x1F) << 6 | (b[leads + 1] & 0x3F)
-        three = (b[leads] & 0x0F) << 12 | (b[leads + 1] & 0x3F) << 6 | (b[leads + 2] & 0x3F)
-        width = np.where(b[leads] < 0xE0, 2, 3)
+        # only the candidates' bytes made wide (the whole block as int64 was 8x its size, per side)
+        last = len(self.bytes) - 1  # the block's final LF: no character's bytes run past it
+        lead, second, third = (self.bytes[np.minimum(leads + k, last)].astype(np.int64) for k in range(3))
+        two = (lead & 0x1F) << 6 | (second & 0x3F)
+        three = (lead & 0x0F) << 12 | (second & 0x3F) << 6 | (third & 0x3F)
+        width = np.where(lead < 0xE0, 2, 3)
         found = np.isin(np.where(width == 2, two, three), _WIDE_SPACES)
         space = np.zeros(len(self.bytes), dtype=bool)
         for offset in range(3):
