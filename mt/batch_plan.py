@@ -95,14 +95,16 @@ def _load(paths: tuple[Path, Path], pairs: int) -> Optional[Batches]:
 
 
 def _misfit(order: np.ndarray, bounds: np.ndarray, pairs: int) -> Optional[str]:
-    """What makes `order` and `bounds` not a plan of `pairs` pairs, looking only at their shapes
-    and at `bounds` (a few numbers a batch), never at every entry of `order`."""
+    """What makes `order` and `bounds` not a plan of `pairs` pairs: their shapes, `bounds` (a few
+    numbers a batch), and the range of `order`'s entries (not that each pair is there once)."""
     if order.ndim != 1 or bounds.ndim != 1 or order.dtype.kind not in "iu" or bounds.dtype.kind not in "iu":
         return f"not a plan (arrays of {order.dtype} {order.shape} and {bounds.dtype} {bounds.shape})"
     if len(order) != pairs:
         return f"of {len(order)} pairs, the cache holds {pairs}"
     if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != pairs or not np.all(np.diff(bounds) > 0):
         return "cut into batches that do not fit (bounds not rising from 0 to the pairs)"
+    if order.min() < 0 or order.max() >= pairs:  # one read of the file: 20 MB at 5 M pairs
+        return f"naming pairs outside the cache's {pairs}"
     return None
 
 

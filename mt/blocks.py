@@ -255,10 +255,12 @@ class Sample:
             self._bound = int(np.partition(self._hashes, self.size - 1)[self.size - 1])
 
     def pairs(self) -> tuple[list[str], list[str]]:
-        """The sample's pairs, in corpus order."""
+        """The sample's pairs, in corpus order, handed over: the sample is empty after."""
         chosen = self._smallest()
         self._keep(chosen[np.argsort(self._lines[chosen], kind="stable")])
-        return self._src, self._trg
+        src, trg, self._src, self._trg = self._src, self._trg, [], []
+        self._hashes, self._lines = self._hashes[:0], self._lines[:0]
+        return src, trg
 
     def _smallest(self) -> np.ndarray:
         """Positions of the `size` smallest (hash, line) entries."""
@@ -277,25 +279,21 @@ class Sample:
 
 class Encode:
     """Encodes a block's kept pairs into flat id arrays: (block, a bool per pair) -> (src, trg)
-    as `Ragged`. Carries the models, not a loaded tokenizer, so that it pickles; each process
-    loads them once."""
-
-    _loaded: dict[str, Tokenizer] = {}  # per process: the models' digest -> tokenizer
+    as `Ragged`. It pickles as the models' bytes; the tokenizer is loaded at the first block
+    (once a worker: workers.py sends the function once per map)."""
 
     def __init__(self, models: dict[str, bytes], threads: Optional[int] = None):
         self.models, self.threads = models, threads
-        self.digest = hashlib.sha256(b"".join(blob for _, blob in sorted(models.items()))).hexdigest()
+        self._tokenizer: Optional[Tokenizer] = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokenizer": None}
 
     def __call__(self, task: tuple[Block, np.ndarray]) -> tuple[Ragged, Ragged]:
         block, keep = task
         src, trg = lines_of(block)
         chosen = np.flatnonzero(keep)
-        tokenizer = self._tokenizer()
-        return (Ragged.from_lists(tokenizer.encode_src([src[i] for i in chosen], self.threads)),
-                Ragged.from_lists(tokenizer.encode_trg([trg[i] for i in chosen], self.threads)))
-
-    def _tokenizer(self) -> Tokenizer:
-        if self.digest not in Encode._loaded:
-            Encode._loaded.clear()  # one run's models at a time
-            Encode._loaded[self.digest] = Tokenizer(self.models)
-        return Encode._loaded[self.digest]
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self.models)
+        return (Ragged.from_lists(self._tokenizer.encode_src([src[i] for i in chosen], self.threads)),
+                Ragged.from_lists(self._tokenizer.encode_trg([trg[i] for i in chosen], self.threads)))

@@ -21,11 +21,13 @@ MAX_WORKERS = 8  # past this, the main process's reading is the bound
 
 class Workers:
     """Maps a function over tasks in order: in `processes` worker processes, or here when that
-    is 1. Each worker is a fresh Python (`_serve`) reading (function, task) pickles on
-    its stdin and answering on its stdout: not multiprocessing, whose spawned children import the
+    is 1. Each worker is a fresh Python (`_serve`) reading pickles on its stdin (the function,
+    once a map, then tasks) and answering on its stdout: not multiprocessing, whose spawned children import the
     caller's own script again (and fork is unsafe once torch's threads run). Worker k takes
     tasks k, k + processes, ...: one in flight each, so memory stays flat and the results come
-    in order. An error in a worker (an MtError naming a line) is raised here at its block."""
+    in order. An error in a worker (an MtError naming a line) is raised here at its block.
+    One map at a time: each map's function is sent to the workers when the map starts, so a
+    function object that loads something (a tokenizer) loads it once per worker."""
 
     def __init__(self, processes: int):
         self.processes = processes
@@ -36,13 +38,15 @@ class Workers:
             yield from map(work, tasks)
             return
         self._start()
+        for child in self._children:
+            _send(child, ("work", work))
         busy: collections.deque = collections.deque()  # children with a task in flight, oldest first
         try:
             for k, task in enumerate(tasks):
                 child = self._children[k % self.processes]
                 if len(busy) == self.processes:
                     yield _receive(busy.popleft())
-                _send(child, (work, task))
+                _send(child, ("task", task))
                 busy.append(child)
             while busy:
                 yield _receive(busy.popleft())
@@ -97,22 +101,29 @@ def _receive(child: subprocess.Popen):
 
 
 def _ended(child: subprocess.Popen) -> MtError:
-    return MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
+    status = child.wait()
+    why = "killed by SIGKILL: out of memory?" if status == -signal.SIGKILL else f"exit status {status}"
+    return MtError(f"a worker process of mt prepare ended unexpectedly ({why})")
 
 
 def _serve() -> None:
-    """A worker's life: answer each (function, task) on stdin until it closes. Its stdout is kept
-    for the answers (anything a library prints goes to stderr), and Ctrl-C is for the parent;
-    a parent gone (its pipes closed) ends the worker quietly."""
+    """A worker's life: take the function to apply, then answer each task on stdin, until it
+    closes. Its stdout is kept for the answers (anything a library prints goes to stderr), and
+    Ctrl-C is for the parent; a parent gone (its pipes closed) ends the worker quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    work = None
     while len(header := tasks.read(8)) == 8:
         size = int.from_bytes(header, "little")
         message = tasks.read(size)
         if len(message) < size:
             return
-        work, task = pickle.loads(message)
+        kind, value = pickle.loads(message)
+        if kind == "work":
+            work = value
+            continue
+        task = value
         try:
             answer = (True, work(task))
         except Exception as e:  # noqa: BLE001  (raised again in the parent)

@@ -88,8 +88,14 @@ def bounds_falling(path):
     np.save(path, np.array([0, 300, 200, 400], dtype=np.int64))
 
 
-@pytest.mark.parametrize("damage, part", [(truncate, 0), (garble, 0), (of_another_length, 0), (truncate, 1),
-                                          (garble, 1), (bounds_falling, 1)])
+def an_index_out_of_range(path):
+    order = np.load(path)
+    order[len(order) // 2] = len(order) + 5  # before, an IndexError at the batch that took it
+    np.save(path, order)
+
+
+@pytest.mark.parametrize("damage, part", [(truncate, 0), (garble, 0), (of_another_length, 0), (an_index_out_of_range, 0),
+                                          (truncate, 1), (garble, 1), (bounds_falling, 1)])
 def test_a_damaged_plan_is_made_again_and_saved_over(tmp_path, caplog, damage, part):
     ids = make_cache(tmp_path)
     load_or_make_plan(tmp_path, ids, batch_tokens=256, max_len=32)
