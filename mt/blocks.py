@@ -43,9 +43,10 @@ class Block:
 
 
 def aligned_blocks(src_path: str | os.PathLike, trg_path: str | os.PathLike,
-                   pairs: int = BLOCK_PAIRS) -> Iterator[Block]:
-    """The pairs of two files `pairs` at a time, with the checks `data.read_parallel` makes:
-    the same number of lines on both sides, and at least one."""
+                   pairs: Optional[int] = None) -> Iterator[Block]:
+    """The pairs of two files `pairs` (default BLOCK_PAIRS) at a time, with the checks
+    `data.read_parallel` makes: the same number of lines on both sides, and at least one."""
+    pairs = pairs or BLOCK_PAIRS  # read here, not at import: a test cuts a small corpus into many blocks
     with _Lines(src_path) as src, _Lines(trg_path) as trg:
         first = 0
         while True:
@@ -211,10 +212,12 @@ class _Spans:
         return np.diff(np.searchsorted(np.flatnonzero(word_start), self.ends), prepend=0)
 
     def _wide_spaces(self, leads: np.ndarray) -> np.ndarray:
-        b = np.concatenate([self.bytes, np.zeros(2, dtype=np.uint8)]).astype(np.int64)
-        two = (b[leads] & 0x1F) << 6 | (b[leads + 1] & 0x3F)
-        three = (b[leads] & 0x0F) << 12 | (b[leads + 1] & 0x3F) << 6 | (b[leads + 2] & 0x3F)
-        width = np.where(b[leads] < 0xE0, 2, 3)
+        # only the candidates' bytes made wide (the whole block as int64 was 8x its size, per side)
+        last = len(self.bytes) - 1  # the block's final LF: no character's bytes run past it
+        lead, second, third = (self.bytes[np.minimum(leads + k, last)].astype(np.int64) for k in range(3))
+        two = (lead & 0x1F) << 6 | (second & 0x3F)
+        three = (lead & 0x0F) << 12 | (second & 0x3F) << 6 | (third & 0x3F)
+        width = np.where(lead < 0xE0, 2, 3)
         found = np.isin(np.where(width == 2, two, three), _WIDE_SPACES)
         space = np.zeros(len(self.bytes), dtype=bool)
         for offset in range(3):
@@ -253,10 +256,12 @@ class Sample:
             self._bound = int(np.partition(self._hashes, self.size - 1)[self.size - 1])
 
     def pairs(self) -> tuple[list[str], list[str]]:
-        """The sample's pairs, in corpus order."""
+        """The sample's pairs, in corpus order, handed over: the sample is empty after."""
         chosen = self._smallest()
         self._keep(chosen[np.argsort(self._lines[chosen], kind="stable")])
-        return self._src, self._trg
+        src, trg, self._src, self._trg = self._src, self._trg, [], []
+        self._hashes, self._lines = self._hashes[:0], self._lines[:0]
+        return src, trg
 
     def _smallest(self) -> np.ndarray:
         """Positions of the `size` smallest (hash, line) entries."""
@@ -275,25 +280,21 @@ class Sample:
 
 class Encode:
     """Encodes a block's kept pairs into flat id arrays: (block, a bool per pair) -> (src, trg)
-    as `Ragged`. Carries the models, not a loaded tokenizer, so that it pickles; each process
-    loads them once."""
-
-    _loaded: dict[str, Tokenizer] = {}  # per process: the models' digest -> tokenizer
+    as `Ragged`. It pickles as the models' bytes; the tokenizer is loaded at the first block
+    (once a worker: workers.py sends the function once per map)."""
 
     def __init__(self, models: dict[str, bytes], threads: Optional[int] = None):
         self.models, self.threads = models, threads
-        self.digest = hashlib.sha256(b"".join(blob for _, blob in sorted(models.items()))).hexdigest()
+        self._tokenizer: Optional[Tokenizer] = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokenizer": None}
 
     def __call__(self, task: tuple[Block, np.ndarray]) -> tuple[Ragged, Ragged]:
         block, keep = task
         src, trg = lines_of(block)
         chosen = np.flatnonzero(keep)
-        tokenizer = self._tokenizer()
-        return (Ragged.from_lists(tokenizer.encode_src([src[i] for i in chosen], self.threads)),
-                Ragged.from_lists(tokenizer.encode_trg([trg[i] for i in chosen], self.threads)))
-
-    def _tokenizer(self) -> Tokenizer:
-        if self.digest not in Encode._loaded:
-            Encode._loaded.clear()  # one run's models at a time
-            Encode._loaded[self.digest] = Tokenizer(self.models)
-        return Encode._loaded[self.digest]
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self.models)
+        return (Ragged.from_lists(self._tokenizer.encode_src([src[i] for i in chosen], self.threads)),
+                Ragged.from_lists(self._tokenizer.encode_trg([trg[i] for i in chosen], self.threads)))

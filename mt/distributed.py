@@ -7,14 +7,19 @@ its own share of the token batches (batching.epoch_order); gradients are all-red
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
 
 from mt.device import wants_cuda
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +43,21 @@ class Context:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch_dist.all_reduce(tensor)
         return int(tensor.item())
+
+    def agree_on_stop(self, signal_name: Optional[str], reason: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        """(signal, limit reached) as every rank sees them: a stop one rank was asked for (a signal
+        reached it first, a clock ran out first) is every rank's, at the same step. A rank that
+        stopped alone would wait in the save's collective while the others wait in the next step's."""
+        if not self.active:
+            return signal_name, reason
+        mine = [signal.Signals[signal_name].value if signal_name else 0, int(reason is not None)]
+        both = torch.tensor(mine, dtype=torch.int64, device=self.device)
+        torch_dist.all_reduce(both, op=torch_dist.ReduceOp.MAX)
+        number, limit = both.tolist()
+        if number and not signal_name:
+            signal_name = signal.Signals(number).name
+            log.warning("%s on another process: stopping here too, then saving", signal_name)
+        return signal_name, reason or ("another process reached a limit" if limit else None)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.active:

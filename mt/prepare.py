@@ -186,10 +186,10 @@ def _reencode_damaged_caches(cfg: Config, prepared: Prepared, workers: Workers) 
         return
     log.info("note: %s: the id cache of %s is missing or unreadable; encoding it again with the run's "
              "tokenizer", prepared.run_dir, " and ".join(damaged))
-    models = {path.name: path.read_bytes() for path in prepared.tokenizer_dir.glob("*.model")}
     tokenizer = Tokenizer.load(prepared.tokenizer_dir)
+    models = {name: (prepared.tokenizer_dir / name).read_bytes() for name in tokenizer.model_names()}
     if "train" in damaged:
-        keep = _scan_train(cfg, prepared.files.train, workers, sample=False).keep
+        keep = _scan_train(cfg, prepared.files.train, workers, with_sample=False).keep
         _encode_train(prepared, _Outputs(models=models, tokenizer=tokenizer, train_keep=keep, dev=[], counts={},
                                          dropped={}), workers)
     if "dev" in damaged:
@@ -245,18 +245,18 @@ def _refresh_records(cfg: Config, prepared: Prepared, sums: dict[str, str], key:
 def _make_outputs(cfg: Config, files: ResolvedData, workers: Workers) -> _Outputs:
     """Read and check every split, filter train, train the tokenizer; write nothing. Training
     pairs pass through in blocks: what stays is a bool per pair and SentencePiece's sample."""
-    scan = _scan_train(cfg, files.train, workers)
-    kept = int(scan.keep.sum())
-    dropped_text = ", ".join(f"{name} {n}" for name, n in scan.dropped.items() if n) or "none"
-    log.info("train: %d pairs, %d kept (dropped: %s), read in %.1f s", len(scan.keep), kept, dropped_text,
-             scan.seconds)
+    train = _scan_train(cfg, files.train, workers)
+    kept = int(train.keep.sum())
+    dropped_text = ", ".join(f"{name} {n}" for name, n in train.dropped.items() if n) or "none"
+    log.info("train: %d pairs, %d kept (dropped: %s), read in %.1f s", len(train.keep), kept, dropped_text,
+             train.seconds)
     dev = read_parallel(files.dev.src, files.dev.trg)
     log.info("dev: %d pairs (all kept)", len(dev))
     tests = {name: len(read_parallel(pair.src, pair.trg)) for name, pair in files.tests.items()}  # fail now, not after training
     for name, count in tests.items():
         log.info("test %s: %d pairs", name, count)
 
-    sample_src, sample_trg = scan.sample.pairs()
+    sample_src, sample_trg = train.sample.pairs()
     settings = cfg.tokenizer
     sample_text = f"all {kept}" if len(sample_src) == kept else f"a sample of {len(sample_src)}"
     log.info("training SentencePiece (%s, vocab %d, %s) on %s kept pairs", settings.type, settings.vocab_size,
@@ -264,12 +264,11 @@ def _make_outputs(cfg: Config, files: ResolvedData, workers: Workers) -> _Output
     with Ticking("training SentencePiece") as ticking:
         models = train_models(settings, sample_src, sample_trg)
     log.info("SentencePiece trained in %.1f s", ticking.close())
-    del sample_src, sample_trg
     tokenizer = Tokenizer(models)
     log.info("vocabulary: src %d, trg %d", tokenizer.src_vocab_size, tokenizer.trg_vocab_size)
-    return _Outputs(models=models, tokenizer=tokenizer, train_keep=scan.keep, dev=dev,
-                    counts={"train": len(scan.keep), "train_kept": kept, "dev": len(dev), "test": tests},
-                    dropped=scan.dropped)
+    return _Outputs(models=models, tokenizer=tokenizer, train_keep=train.keep, dev=dev,
+                    counts={"train": len(train.keep), "train_kept": kept, "dev": len(dev), "test": tests},
+                    dropped=train.dropped)
 
 
 @dataclass
@@ -280,12 +279,12 @@ class _Scan:
     seconds: float
 
 
-def _scan_train(cfg: Config, train: FilePair, workers: Workers, sample: bool = True) -> _Scan:
+def _scan_train(cfg: Config, train: FilePair, workers: Workers, with_sample: bool = True) -> _Scan:
     """One pass over the training files: check them, filter them, choose SentencePiece's sample
     (unless `sample` is false: the tokenizer is there)."""
     pair_filter = PairFilter(cfg.data.filter)
     # a joint model trains on both sides of each sampled pair: tokenizer.max_sentences in all
-    sample = Sample(max(cfg.tokenizer.max_sentences // (2 if cfg.tokenizer.joint else 1), 1) if sample else 0)
+    sample = Sample(max(cfg.tokenizer.max_sentences // (2 if cfg.tokenizer.joint else 1), 1) if with_sample else 0)
     keeps = []
     with Progress("reading train", total=count_lines(train.src)) as progress:
         tasks = ((block, sample.bound()) for block in aligned_blocks(train.src, train.trg))

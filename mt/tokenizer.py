@@ -155,6 +155,10 @@ class Tokenizer:
                           f"{TRG_MODEL}); run mt prepare")
         return cls({name: (tokenizer_dir / name).read_bytes() for name in names}, str(tokenizer_dir))
 
+    def model_names(self) -> list[str]:
+        """The model files this tokenizer is made of, as `load` reads them."""
+        return [JOINT_MODEL] if self._joint else [SRC_MODEL, TRG_MODEL]
+
     @property
     def joint(self) -> bool:
         return self._joint

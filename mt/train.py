@@ -133,9 +133,8 @@ def steps(run: Run, state: State, batches, bar: tqdm) -> None:
 
 
 def planned_steps(run: Run) -> Optional[int]:
-    """The step that training.max_steps or training.max_epochs stops at, whichever comes first:
-    the progress bar's total, so its ETA is to the configured stop (None: only max_minutes or
-    early stopping will end the run)."""
+    """The step that training.max_steps or training.max_epochs stops at, whichever comes first: the
+    progress bar's total (None: only max_minutes or early stopping will end the run)."""
     t = run.cfg.training
     stops = [t.max_steps] if t.max_steps else []
     if t.max_epochs:
@@ -146,13 +145,13 @@ def planned_steps(run: Run) -> Optional[int]:
 def should_stop(run: Run, state: State, start: float) -> bool:
     t = run.cfg.training
     if state.bad_steps >= t.max_bad_steps:
-        # not saved: the updates before the blow-up may already have spoilt the weights, and a
-        # new checkpoint would push out an older, good one
+        # not saved: the blow-up may have spoilt the weights, and would push out a good checkpoint
         raise MtError(f"training stopped: the loss was NaN or inf in {state.bad_steps} updates in a row "
                       f"(training.max_bad_steps); the last good checkpoint is kept. Try a lower training.lr")
+    reason = stop_reason(run, state, start)
+    state.stop_requested, reason = run.dist.agree_on_stop(state.stop_requested, reason)  # torchrun: all at once
     if state.stop_requested or state.failed:
         return True
-    reason = stop_reason(run, state, start)
     if reason and run.is_main:
         log.info("stopping: %s", reason)
     return reason is not None
@@ -317,7 +316,8 @@ class Abandoned(Exception):
 def validate(run: Run, state: State) -> Optional[dict]:
     """Dev loss and perplexity (teacher forcing) and dev BLEU (greedy), same on every rank; None
     when a stop request came in (looked at between batches, so it is answered within one)."""
-    def check_stop() -> None:
+    def check_stop() -> None:  # every rank runs the same batches: they agree between the same two
+        state.stop_requested = run.dist.agree_on_stop(state.stop_requested, None)[0]
         if state.stop_requested:
             raise Abandoned
     dev, state.validating = run.dev, True  # from here a stop request abandons the validation

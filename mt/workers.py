@@ -4,6 +4,7 @@ in fresh Python processes, one a core (blocks.py says what the work is)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import pickle
@@ -23,11 +24,13 @@ _WORKER = "import sys; sys.path[:] = sys.argv[1:]; from mt.workers import _serve
 
 class Workers:
     """Maps a function over tasks in order: in `processes` worker processes, or here when that
-    is 1. Each worker is a fresh Python (`_serve`) reading (function, task) pickles on
-    its stdin and answering on its stdout: not multiprocessing, whose spawned children import the
+    is 1. Each worker is a fresh Python (`_serve`) reading pickles on its stdin (the function,
+    once a map, then tasks) and answering on its stdout: not multiprocessing, whose spawned children import the
     caller's own script again (and fork is unsafe once torch's threads run). Worker k takes
     tasks k, k + processes, ...: one in flight each, so memory stays flat and the results come
-    in order. An error in a worker (an MtError naming a line) is raised here at its block."""
+    in order. An error in a worker (an MtError naming a line) is raised here at its block.
+    One map at a time: each map's function is sent to the workers when the map starts, so a
+    function object that loads something (a tokenizer) loads it once per worker."""
 
     def __init__(self, processes: int):
         self.processes = processes
@@ -38,24 +41,30 @@ class Workers:
             yield from map(work, tasks)
             return
         self._start()
+        for child in self._children:
+            _send(child, ("work", work))
         busy: collections.deque = collections.deque()  # children with a task in flight, oldest first
         tasks = iter(tasks)
-        for k in itertools.count():
-            try:
-                task = next(tasks)
-            except StopIteration:
-                break
-            except Exception:  # the tasks' own error (the files' line counts) comes after the tasks
-                while busy:    # before it, as in one process, whose errors (a bad line) come first
+        try:
+            for k in itertools.count():
+                try:
+                    task = next(tasks)
+                except StopIteration:
+                    break
+                except Exception:  # the tasks' own error (the files' line counts) comes after the tasks
+                    while busy:    # before it, as in one process, whose errors (a bad line) come first
+                        yield _receive(busy.popleft())
+                    raise
+                child = self._children[k % self.processes]
+                if len(busy) == self.processes:
                     yield _receive(busy.popleft())
-                raise
-            child = self._children[k % self.processes]
-            if len(busy) == self.processes:
+                _send(child, ("task", task))
+                busy.append(child)
+            while busy:
                 yield _receive(busy.popleft())
-            _send(child, (work, task))
-            busy.append(child)
-        while busy:
-            yield _receive(busy.popleft())
+        finally:
+            if busy:  # cut short (an error, a consumer that stopped): answers still in the pipes
+                self.close()  # would be taken for the next map's; the next map starts new workers
 
     def _start(self) -> None:
         if self._children:
@@ -71,10 +80,8 @@ class Workers:
             child.kill()  # a task cut short by an error or a signal is not worth waiting for
             child.wait()
             for pipe in (child.stdin, child.stdout):
-                try:
+                with contextlib.suppress(OSError):  # a task half sent to a dead worker: nothing to flush it to
                     pipe.close()
-                except OSError:  # a task half sent to a worker that had died
-                    pass
         self._children = []
 
     def __enter__(self) -> Workers:
@@ -89,39 +96,46 @@ def _send(child: subprocess.Popen, message: object) -> None:
     try:
         child.stdin.write(len(data).to_bytes(8, "little") + data)
         child.stdin.flush()
-    except BrokenPipeError:  # it died between two tasks (killed, or it could not start)
-        _ended(child)
+    except BrokenPipeError:  # the worker is gone (killed for memory, say) since its last answer
+        raise _ended(child) from None
 
 
 def _receive(child: subprocess.Popen):
     header = child.stdout.read(8)
     size = int.from_bytes(header, "little")
-    data = child.stdout.read(size) if len(header) == 8 else b""
-    if len(data) < size or len(header) < 8:
-        _ended(child)
-    ok, value = pickle.loads(data)
+    message = child.stdout.read(size) if len(header) == 8 else b""
+    if len(header) < 8 or len(message) < size:  # it died before or while answering
+        raise _ended(child)
+    ok, value = pickle.loads(message)
     if not ok:
         raise value
     return value
 
 
-def _ended(child: subprocess.Popen) -> None:
-    raise MtError(f"a worker process of mt prepare ended unexpectedly (exit status {child.wait()})")
+def _ended(child: subprocess.Popen) -> MtError:
+    status = child.wait()
+    why = "killed by SIGKILL: out of memory?" if status == -signal.SIGKILL else f"exit status {status}"
+    return MtError(f"a worker process of mt prepare ended unexpectedly ({why})")
 
 
 def _serve() -> None:
-    """A worker's life: answer each (function, task) on stdin until it closes. Its stdout is kept
-    for the answers (anything a library prints goes to stderr), and Ctrl-C is for the parent;
-    a parent gone (its pipes closed) ends the worker quietly."""
+    """A worker's life: take the function to apply, then answer each task on stdin, until it
+    closes. Its stdout is kept for the answers (anything a library prints goes to stderr), and
+    Ctrl-C is for the parent; a parent gone (its pipes closed) ends the worker quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tasks, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    work = None
     while len(header := tasks.read(8)) == 8:
         size = int.from_bytes(header, "little")
         message = tasks.read(size)
         if len(message) < size:
             return
-        work, task = pickle.loads(message)
+        kind, value = pickle.loads(message)
+        if kind == "work":
+            work = value
+            continue
+        task = value
         try:
             answer = (True, work(task))
         except Exception as e:  # noqa: BLE001  (raised again in the parent)

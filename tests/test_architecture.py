@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mt"
@@ -106,3 +107,16 @@ def test_config_files_and_cli_import_no_torch():
                  for alias in node.names} | {node.module for node in ast.walk(tree)
                                               if isinstance(node, ast.ImportFrom) and node.module}
         assert not any(n.split(".")[0] == "torch" for n in names if n), name
+
+
+def test_the_names_the_layers_table_gives_are_in_their_modules():
+    """docs/architecture.md's row for a module names functions and classes as `name`: each must
+    still be there (a renamed or removed one leaves the table describing code that is gone)."""
+    table = (PACKAGE.parent / "docs/architecture.md").read_text(encoding="utf-8")
+    gone = []
+    for module, description in re.findall(r"^\| *\d+ *\| *`(\w+)\.py` *\|(.*)\|$", table, flags=re.MULTILINE):
+        source = (PACKAGE / f"{module}.py").read_text(encoding="utf-8")
+        for name in re.findall(r"`([A-Za-z_][\w.]*)`", description):
+            if not re.search(rf"\b{re.escape(name.split('.')[-1])}\b", source):
+                gone.append(f"{module}.py: {name}")
+    assert not gone, f"docs/architecture.md names what its module no longer has: {gone}"

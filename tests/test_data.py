@@ -155,6 +155,21 @@ def test_duplicates_are_found_across_chunks_and_within_one():
     assert pair_filter.dropped["drop_duplicates"] == 3 and pair_filter.seen_pairs == 7
 
 
+
+def test_duplicates_over_many_chunks_are_those_a_set_finds():
+    """Enough chunks that the duplicate set's sorted levels merge again and again, each later
+    chunk looked up in the merged ones."""
+    rng = np.random.default_rng(4)
+    pair_filter, seen = PairFilter(FilterConfig()), set()
+    for size in rng.integers(1, 60, size=80):
+        src = [f"w{n}" for n in rng.integers(0, 1500, size=size)]
+        trg = ["x"] * len(src)
+        expected = []
+        for pair in zip(src, trg):
+            expected.append(pair not in seen)
+            seen.add(pair)
+        assert pair_filter.keep(src, trg).tolist() == expected
+
 def test_filters_dropping_every_pair_is_a_clear_error():
     expected = r"dropped all 3 training pairs \(drop_empty 2, max_ratio 1\); loosen data.filter"
     with pytest.raises(MtError, match=expected):

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,42 @@ def test_fewer_batches_than_processes_is_an_error_on_every_rank_not_a_hang(tmp_p
     assert "makes 1 batch" in errors[0] and "2 processes" in errors[0]
     assert "fewer processes" in errors[0] and "training.batch_tokens" in errors[0]
     assert not (tmp_path / "run/checkpoints").exists()
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*")
+            for child in (task / "children").read_text().split()]
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker of this rank (Linux /proc)."""
+    for pid in children(torchrun_pid):
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in variables:
+            return pid
+    raise AssertionError(f"no rank {rank} among torchrun's children")
+
+
+def test_a_signal_that_reaches_one_process_stops_every_process_at_the_same_step(tmp_path, data):
+    """torchrun forwards a scheduler's SIGTERM to every rank, but not at the same instant: here it
+    reaches rank 1 alone. Every rank stops after the same step, which is saved; before, rank 1
+    went into the save's collective while rank 0 went on into the next step's."""
+    settings = {**SMALL, "training__save_every": 10**6, "training__validate_every": 10**6}
+    config = toy_config(tmp_path / "long.yaml", data, tmp_path / "run", training__max_steps=10**6, **settings)
+    process = subprocess.Popen([*TORCHRUN, "-m", "mt", "train", "--config", str(config)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not (tmp_path / "run/metrics.jsonl").exists() and process.poll() is None:  # a few steps done
+            time.sleep(0.2)
+        os.kill(rank_pid(process.pid, 1), signal.SIGTERM)
+        _, stderr = process.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        process.communicate()
+        pytest.fail(f"torchrun still running {HANG_S} s after SIGTERM reached rank 1: a hang")
+    assert "SIGTERM on another process: stopping here too, then saving" in stderr, stderr[-3000:]
+    saved = list((tmp_path / "run/checkpoints").glob("step_*.pt"))
+    assert len(saved) == 1, stderr[-3000:]
+    step = load_checkpoint(saved[0])["state"]["step"]
+    assert 5 <= step < 10**6
+    assert f"SIGTERM: saved step {step}; run `mt train` again to continue" in stderr
