@@ -67,11 +67,11 @@ def run_training(run: Run, state: State) -> list[dict]:
     Raises `Interrupted` when a signal stopped training (after saving the step; a second
     signal: at once, without saving)."""
     with signals.handled(stop_handler(state)):  # before the line below: from then on a signal saves
-        if run.is_main:
-            log.info("training on %s (%s), %d parameters, %d batches per epoch%s",
-                     run.device, run.autocast_dtype or torch.float32, count_parameters(run.raw_model),
-                     run.stream.batches_per_epoch(), f", {run.dist.world} processes" if run.dist.world > 1 else "")
-        try:
+        try:  # the line too: two signals sent on seeing it can both land while it is written
+            if run.is_main:
+                log.info("training on %s (%s), %d parameters, %d batches per epoch%s",
+                         run.device, run.autocast_dtype or torch.float32, count_parameters(run.raw_model),
+                         run.stream.batches_per_epoch(), f", {run.dist.world} processes" if run.dist.world > 1 else "")
             state = loop(run, state)
         except KeyboardInterrupt:  # a second signal: said so already
             if not state.stop_requested:

@@ -173,5 +173,5 @@ def test_a_signal_that_reaches_one_process_stops_every_process_at_the_same_step(
     saved = list((tmp_path / "run/checkpoints").glob("step_*.pt"))
     assert len(saved) == 1, stderr[-3000:]
     step = load_checkpoint(saved[0])["state"]["step"]
-    assert 5 <= step < 10**6
+    assert 1 <= step < 10**6  # metrics.jsonl has its first row at step 1
     assert f"SIGTERM: saved step {step}; run `mt train` again to continue" in stderr
