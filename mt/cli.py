@@ -306,6 +306,12 @@ def serve(
     serve_command(run_dir, checkpoint=checkpoint, host=host, port=port, device=device, beam=beam, limits=limits)
 
 
+def _say_error(message: str) -> None:
+    """One write, so that the error lines of several processes (torchrun's ranks) never mix."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def main() -> None:
     """Run the app: a user's mistake (MtError) is one line on stderr, not a traceback.
     Typer (standalone mode) handles usage errors itself and exits 2."""
@@ -316,11 +322,11 @@ def main() -> None:
     except MtError as e:
         if _verbose():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _say_error(str(e))
         sys.exit(e.exit_code)
     except OSError as e:  # a path the user gave that cannot be read or written
         if _verbose():
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        _say_error(f"{where}{e.strerror or e}")
         sys.exit(1)

@@ -188,7 +188,7 @@ def test_workers_import_this_mt_whatever_the_current_folder_holds(toy):
         prepare(load_config({str(toy.config)!r}), processes=2)
         print("prepared")
         """))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # not a relative entry of ours: that would name `shadow` too
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=shadow, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "prepared\n"
