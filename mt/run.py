@@ -19,7 +19,7 @@ import torch
 
 from mt import distributed, rundir
 from mt.batch_plan import load_or_make_plan
-from mt.batching import BatchStream, Position, make_batches, resplit
+from mt.batching import BatchStream, Position, plan_batches, resplit
 from mt.checkpoint import build_model, check_identity, load_checkpoint, restore, saved_world
 from mt.config import Config, to_dict
 from mt.device import autocast, autocast_dtype
@@ -106,9 +106,7 @@ class Run:
         """Read at the first validation, then kept."""
         files = rundir.recorded_files(self.run_dir).dev
         ids = load_ids(rundir.ids_file(self.run_dir, "dev"))
-        limit = self.cfg.model.max_len - 1  # collate cuts longer sentences to this
-        batches = make_batches(np.minimum(ids.src_lengths, limit), np.minimum(ids.trg_lengths, limit),
-                               self.cfg.training.batch_tokens)
+        batches = plan_batches(ids.src, ids.trg, self.cfg.training.batch_tokens, self.cfg.model.max_len)
         return Dev(ids, batches, read_lines(files.src), read_lines(files.trg))
 
     def autocast(self):
